@@ -1,0 +1,37 @@
+"""Plain records shared by the parser, the index and the service: no geometry engine here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: 50 yards, the default radius when a row gives none (DESIGN §3).
+DEFAULT_RADIUS_M = 45.72
+MIN_RADIUS_M = 10.0
+MAX_RADIUS_M = 10_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class FenceRecord:
+    """One store's geofence as uploaded and as stored.
+
+    ``lat``/``lng`` is the store's point: the centre of a circle, or for a polygon the point
+    given in the file (else a point inside the polygon). ``geometry`` is a GeoJSON
+    ``Polygon``/``MultiPolygon`` mapping with ``[lng, lat]`` positions for polygon fences and
+    ``None`` for circles, which have ``radius_m`` instead.
+    """
+
+    store_id: str
+    name: str
+    lat: float
+    lng: float
+    radius_m: float | None = None
+    geometry: dict[str, Any] | None = None
+    tags: tuple[str, ...] = ()
+    timezone: str = "UTC"
+    address: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "circle" if self.geometry is None else "polygon"
