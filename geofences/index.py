@@ -1,0 +1,196 @@
+"""In-memory fence index: H3 cells narrow the candidates, the exact fences decide.
+
+One table over all resolutions in use, stored as CSR arrays: sorted unique cell ids, row
+starts, and fence positions (int32). Small indexes look cells up in a dict (about 0.1 us);
+large ones bisect a sorted array('Q') (about 1.5 us) so that a million fences stay compact.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import h3.api.basic_int as h3
+import numpy as np
+from numpy.typing import NDArray
+
+from geofences.cover import circle_covers, polygon_cover
+from geofences.fences import CircleFence, Fence, PolygonFence, fence_from_record
+from geofences.model import FenceRecord
+
+#: Up to this many distinct cells the lookup is a Python dict (faster per ping, ~100 bytes
+#: a cell); above it, bisection of a sorted array("Q") (8 bytes a cell).
+DICT_MAX_CELLS: Final = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A fence the ping is inside, with the distance from the store point in metres."""
+
+    fence: Fence
+    distance_m: float
+
+
+class FenceIndex:
+    """Fences by H3 cell: ``match(lat, lng)`` returns every fence that covers the point.
+
+    Examples
+    --------
+    >>> idx = FenceIndex.build([FenceRecord("s1", "Store", 40.0, -74.0, radius_m=45.72)])
+    >>> [(m.fence.store_id, round(m.distance_m, 1)) for m in idx.match(40.0003, -74.0)]
+    [('s1', 33.4)]
+    >>> idx.match(40.001, -74.0)
+    []
+    """
+
+    __slots__ = (
+        "_by_id",
+        "_fences",
+        "_keys",
+        "_positions",
+        "_row_of",
+        "_starts",
+        "entries",
+        "resolutions",
+        "version",
+    )
+
+    def __init__(
+        self,
+        fences: list[Fence],
+        cells: NDArray[np.uint64],
+        owners: NDArray[np.int64],
+        version: int,
+    ) -> None:
+        self.version = version
+        self._fences = fences
+        self._by_id = {f.store_id: i for i, f in enumerate(fences)}
+        order = np.argsort(cells, kind="stable")
+        sorted_cells = cells[order]
+        self._positions = array("i", owners[order].astype(np.int32).tobytes())
+        del order
+        keys, first = np.unique(sorted_cells, return_index=True)
+        del sorted_cells
+        # array('Q') rather than numpy: bisect on it yields plain ints, ~5x faster per ping
+        # than numpy's scalar searchsorted, at the same 8 bytes a cell.
+        self._keys = array("Q", keys.tobytes())
+        starts = np.append(first, len(cells)).astype(np.int64)
+        self._starts = array("q", starts.tobytes())
+        self.entries = len(cells)
+        res = (keys >> np.uint64(52)) & np.uint64(0xF)  # H3 bits 52-55 hold the resolution
+        self.resolutions: tuple[int, ...] = tuple(int(r) for r in np.unique(res))
+        self._row_of: dict[int, int] | None = None
+        if len(keys) <= DICT_MAX_CELLS:
+            self._row_of = dict(zip(keys.tolist(), range(len(keys)), strict=True))
+
+    @classmethod
+    def build(cls, records: Iterable[FenceRecord], version: int = 0) -> FenceIndex:
+        """Index ``records``; raises ValueError on a duplicate ``store_id``."""
+        fences: list[Fence] = []
+        seen: set[str] = set()
+        for rec in records:
+            if rec.store_id in seen:
+                raise ValueError(f"duplicate store_id {rec.store_id!r}")
+            seen.add(rec.store_id)
+            fences.append(fence_from_record(rec))
+        del seen
+
+        circle_pos = np.array(
+            [i for i, f in enumerate(fences) if isinstance(f, CircleFence)], dtype=np.int64
+        )
+        circles = [fences[i] for i in circle_pos.tolist()]
+        _, cells, owners = circle_covers(
+            np.array([f.lat for f in circles], dtype=np.float64),
+            np.array([f.lng for f in circles], dtype=np.float64),
+            np.array([f.radius_m for f in circles], dtype=np.float64),
+        )
+        del circles
+        cell_parts = [cells]
+        owner_parts = [circle_pos[owners]]
+        for i, f in enumerate(fences):
+            if isinstance(f, PolygonFence):
+                _, pcells = polygon_cover(f.geom)
+                cell_parts.append(np.array(pcells, dtype=np.uint64))
+                owner_parts.append(np.full(len(pcells), i, dtype=np.int64))
+        return cls(fences, np.concatenate(cell_parts), np.concatenate(owner_parts), version)
+
+    def candidates(self, lat: float, lng: float) -> list[Fence]:
+        """Fences registered in the ping's cells (a superset of the matches)."""
+        return [self._fences[p] for p in self._candidate_positions(lat, lng)]
+
+    def _candidate_positions(self, lat: float, lng: float) -> Iterator[int]:
+        starts, positions = self._starts, self._positions
+        # Per resolution: the cell of a finer resolution's parent is not always the cell of
+        # the point at the coarser one, so ask H3 at every resolution.
+        if self._row_of is not None:
+            row_of = self._row_of
+            for res in self.resolutions:
+                row = row_of.get(h3.latlng_to_cell(lat, lng, res))
+                if row is not None:
+                    yield from positions[starts[row] : starts[row + 1]]
+            return
+        keys = self._keys
+        n = len(keys)
+        for res in self.resolutions:
+            cell = h3.latlng_to_cell(lat, lng, res)
+            row = bisect_left(keys, cell)
+            if row < n and keys[row] == cell:
+                yield from positions[starts[row] : starts[row + 1]]
+
+    def match(self, lat: float, lng: float) -> list[Match]:
+        """Fences covering the point, nearest store first (ties by store_id)."""
+        fences = self._fences
+        out: list[Match] = []
+        for p in self._candidate_positions(lat, lng):
+            fence = fences[p]
+            d = fence.match_distance_m(lat, lng)  # H3 narrowed; the exact geometry decides
+            if d is not None:
+                out.append(Match(fence, d))
+        if len(out) > 1:
+            out.sort(key=lambda m: (m.distance_m, m.fence.store_id))
+        return out
+
+    def get(self, store_id: str) -> Fence | None:
+        """The fence of ``store_id``, or None."""
+        i = self._by_id.get(store_id)
+        return None if i is None else self._fences[i]
+
+    def __len__(self) -> int:
+        return len(self._fences)
+
+    def __contains__(self, store_id: object) -> bool:
+        return store_id in self._by_id
+
+    def __iter__(self) -> Iterator[Fence]:
+        return iter(self._fences)
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes for logs and benchmarks; ``approx_bytes`` counts the index's own structures
+        (cell table, lookup dict, fence objects and id map), not the shared FenceRecords."""
+        polygons = sum(1 for f in self._fences if isinstance(f, PolygonFence))
+        table = (
+            self._keys.itemsize * len(self._keys)
+            + self._starts.itemsize * len(self._starts)
+            + self._positions.itemsize * len(self._positions)
+        )
+        lookup = 0
+        if self._row_of is not None:
+            # dict slots plus one int object per key (row ints above 256 are not shared).
+            lookup = sys.getsizeof(self._row_of) + 32 * len(self._row_of)
+        fence_objs = sum(sys.getsizeof(f) for f in self._fences[:1000])
+        fence_objs = fence_objs * len(self._fences) // max(1, min(1000, len(self._fences)))
+        by_id = sys.getsizeof(self._by_id) + sys.getsizeof(self._fences)
+        return {
+            "fences": len(self._fences),
+            "circles": len(self._fences) - polygons,
+            "polygons": polygons,
+            "entries": self.entries,
+            "cells": len(self._keys),
+            "resolutions": list(self.resolutions),
+            "lookup": "dict" if self._row_of is not None else "sorted-array",
+            "approx_bytes": table + lookup + fence_objs + by_id,
+        }

@@ -1,0 +1,1 @@
+"""geo-offers HTTP service: FastAPI app, store of record, device state and the CLI."""

@@ -1,0 +1,90 @@
+"""API keys: roles, hashed storage, and the FastAPI dependency that checks them.
+
+Keys are 256-bit random tokens, so a plain SHA-256 is enough to store them (no password
+stretching needed); only the hash is kept. Lookups are cached for ``key_cache_s`` so the
+ping path does not touch the database on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+
+import anyio.to_thread
+from fastapi import Request
+from sqlalchemy import Engine, select
+
+from service.db.models import ApiKey
+from service.errors import Forbidden, Unauthorized
+
+
+class Role(StrEnum):
+    sdk = "sdk"
+    server = "server"
+    admin = "admin"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(engine: Engine, role: Role, label: str | None = None) -> str:
+    """Store a new key's hash and return the key itself (shown once, never stored)."""
+    key = f"go_{role.value}_{secrets.token_urlsafe(32)}"
+    with engine.begin() as conn:
+        conn.execute(
+            ApiKey.__table__.insert().values(
+                id=uuid.uuid4().hex, key_hash=hash_key(key), role=role.value, label=label
+            )
+        )
+    return key
+
+
+class KeyCache:
+    def __init__(self, engine: Engine, ttl_s: float) -> None:
+        self._engine = engine
+        self._ttl = ttl_s
+        self._cache: dict[str, tuple[Role | None, float]] = {}
+
+    def _lookup(self, key_hash: str) -> Role | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(ApiKey.role).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+            ).first()
+        return Role(row[0]) if row else None
+
+    async def role_of(self, key: str) -> Role | None:
+        key_hash = hash_key(key)
+        now = time.monotonic()
+        hit = self._cache.get(key_hash)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        role = await anyio.to_thread.run_sync(self._lookup, key_hash)
+        if len(self._cache) > 100_000:  # bound memory against floods of random keys
+            self._cache.clear()
+        self._cache[key_hash] = (role, now + (self._ttl if role else min(self._ttl, 2.0)))
+        return role
+
+
+def require(*roles: Role) -> Callable[[Request], Awaitable[Role]]:
+    """Dependency: the request carries a key of one of ``roles`` (admin passes everywhere)."""
+    allowed = {*roles, Role.admin}
+
+    async def _check(request: Request) -> Role:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        role = await request.app.state.keys.role_of(key.strip())
+        if role is None:
+            raise Unauthorized("unknown or revoked API key")
+        if role not in allowed:
+            need = " or ".join(sorted(r.value for r in allowed))
+            raise Forbidden(f"this route needs a {need} key; this key has role {role.value}")
+        return role
+
+    return _check

@@ -1,0 +1,186 @@
+"""The ``geo-offers`` command: serve, migrate, keys, and imports over the HTTP API."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from service.settings import Settings
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+@click.group()
+def main() -> None:
+    """geo-offers: exact store geofences and proximity offers."""
+
+
+@main.command()
+@click.option("--demo", is_flag=True, help="Load demo stores and print an sdk and an admin key.")
+@click.option("--host", default=None, help="Bind address (GEO_OFFERS_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (GEO_OFFERS_PORT, default 8000).")
+@click.option("--workers", type=int, default=None, help="Worker processes (GEO_OFFERS_WORKERS).")
+def serve(demo: bool, host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the HTTP service with uvicorn."""
+    import uvicorn
+
+    settings = Settings()
+    host = host or settings.host
+    port = port or settings.port
+    workers = workers or settings.workers
+    if workers > 1 and settings.embedded_state:
+        raise click.ClickException(
+            f"--workers {workers} needs shared device state: set GEO_OFFERS_REDIS_URL. Without "
+            "Redis each worker would keep its own copy of every device's state, so the same "
+            "visit could be entered twice; run one worker or configure Redis."
+        )
+    from service.db.engine import make_engine
+    from service.db.migrate import upgrade
+
+    engine = make_engine(settings)
+    upgrade(engine)
+    if demo:
+        _load_demo(engine, host, port)
+    engine.dispose()
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+    )
+
+
+def _load_demo(engine: Any, host: str, port: int) -> None:
+    from service.auth import Role, create_key
+    from service.fences.service import import_fences
+
+    for name in ("stores.csv", "stores.geojson"):
+        with (DEMO_DIR / name).open("rb") as fh:
+            res = import_fences(engine, fh, name)
+        click.echo(
+            f"demo {name}: {res.created} created, {res.updated} updated, "
+            f"{res.unchanged} unchanged", err=True
+        )
+    sdk = create_key(engine, Role.sdk, "demo")
+    admin = create_key(engine, Role.admin, "demo")
+    base = f"http://{host}:{port}"
+    click.echo(
+        f"""
+demo keys (shown once):
+  sdk:   {sdk}
+  admin: {admin}
+
+try:
+  curl -s {base}/v1/locations -H 'Authorization: Bearer {sdk}' \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"device_id":"demo-phone","lat":40.74172,"lng":-73.98964,"accuracy_m":8,"timestamp":"'$(date -u +%Y-%m-%dT%H:%M:%SZ)'"}}'
+  curl -s '{base}/v1/geofences?limit=5' -H 'Authorization: Bearer {admin}'
+  open {base}/docs
+""",
+        err=True,
+    )
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (Alembic)."""
+    from service.db.engine import make_engine
+    from service.db.migrate import upgrade
+
+    settings = Settings()
+    engine = make_engine(settings)
+    upgrade(engine)
+    click.echo(f"schema up to date on {engine.url.render_as_string(hide_password=True)}", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(["sdk", "server", "admin"]), required=True)
+@click.option("--label", default=None, help="A note to tell keys apart.")
+def keys_create(role: str, label: str | None) -> None:
+    """Create a key and print it, alone, on stdout (it is stored hashed: copy it now)."""
+    from service.auth import Role, create_key
+    from service.db.engine import make_engine
+    from service.db.migrate import upgrade
+
+    engine = make_engine(Settings())
+    upgrade(engine)
+    click.echo(create_key(engine, Role(role), label))
+
+
+@main.group(name="import")
+def import_() -> None:
+    """Upload marketer files through the HTTP API."""
+
+
+class _Progress:
+    """A read-only file wrapper that advances a progress bar as httpx streams it."""
+
+    def __init__(self, fh: IO[bytes], bar: Any) -> None:
+        self._fh = fh
+        self._bar = bar
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._fh.read(size)
+        self._bar.update(len(chunk))
+        return chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+@import_.command("geofences")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--url", default=lambda: os.environ.get("GEO_OFFERS_URL", "http://127.0.0.1:8000"),
+              show_default="GEO_OFFERS_URL or http://127.0.0.1:8000")
+@click.option("--key", default=lambda: os.environ.get("GEO_OFFERS_API_KEY"),
+              help="Admin key (or GEO_OFFERS_API_KEY).")
+@click.option("--mode", type=click.Choice(["upsert", "replace"]), default="upsert")
+@click.option("--dry-run", is_flag=True)
+@click.option("--on-error", type=click.Choice(["abort", "skip"]), default="abort")
+def import_geofences(
+    file: Path, url: str, key: str | None, mode: str, dry_run: bool, on_error: str
+) -> None:  # fmt: skip
+    """Upload a geofence CSV or GeoJSON file, with a progress bar."""
+    import httpx
+    import orjson
+    from tqdm import tqdm
+
+    if not key:
+        raise click.ClickException("an admin key is needed: --key or GEO_OFFERS_API_KEY")
+    size = file.stat().st_size
+    params = {"mode": mode, "dry_run": str(dry_run).lower(), "on_error": on_error}
+    with file.open("rb") as fh, tqdm(
+        total=size, unit="B", unit_scale=True, desc=f"uploading {file.name}", file=sys.stderr
+    ) as bar:
+        files = {"file": (file.name, _Progress(fh, bar), "application/octet-stream")}
+        try:
+            resp = httpx.post(
+                f"{url.rstrip('/')}/v1/geofences/import",
+                params=params,
+                files=files,  # type: ignore[dict-item]
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=httpx.Timeout(30.0, read=3600.0),
+            )
+        except httpx.HTTPError as exc:
+            raise click.ClickException(f"could not reach {url}: {exc}") from exc
+    body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+    click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+    if resp.status_code >= 400:
+        err = body.get("error", {})
+        raise click.ClickException(f"HTTP {resp.status_code}: {err.get('message', resp.text[:200])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ping path: POST /v1/locations and /v1/locations/batch."""

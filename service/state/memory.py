@@ -1,0 +1,50 @@
+"""In-process device state for the embedded default (one worker process only)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from service.state.base import Step
+
+
+class MemoryStateStore:
+    """Dicts with expiry times.
+
+    ``process`` has no ``await`` inside, so on one event loop each call is atomic. Expired
+    entries are swept every ``sweep_every`` calls to keep memory bounded.
+    """
+
+    def __init__(self, state_ttl_s: float, answer_ttl_s: float, sweep_every: int = 10_000) -> None:
+        self._state: dict[str, tuple[dict[str, Any], float]] = {}
+        self._answers: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._state_ttl = state_ttl_s
+        self._answer_ttl = answer_ttl_s
+        self._sweep_every = sweep_every
+        self._calls = 0
+
+    async def process(self, device_id: str, ping_key: str, step: Step) -> bytes:
+        now = time.monotonic()
+        self._calls += 1
+        if self._calls % self._sweep_every == 0:
+            self._sweep(now)
+        answer = self._answers.get((device_id, ping_key))
+        if answer is not None and answer[1] > now:
+            return answer[0]
+        held = self._state.get(device_id)
+        current = held[0] if held is not None and held[1] > now else None
+        new_state, body = step(current)
+        if new_state is not None:
+            self._state[device_id] = (new_state, now + self._state_ttl)
+        self._answers[(device_id, ping_key)] = (body, now + self._answer_ttl)
+        return body
+
+    def _sweep(self, now: float) -> None:
+        self._state = {k: v for k, v in self._state.items() if v[1] > now}
+        self._answers = {k: v for k, v in self._answers.items() if v[1] > now}
+
+    async def ready(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,84 @@
+"""Device state in Redis: one compare-and-set Lua script per ping, Cluster-safe keys.
+
+Both keys of a device share the hash tag ``{d:<device_id>}``, so they live in one slot and
+the script may touch both on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service.state.base import StateUnavailable, Step
+
+# KEYS: state, answer. ARGV: expected state ('' = none), new state ('' = keep),
+# state ttl ms, answer, answer ttl s.  Returns {0, first answer} | {1} conflict | {2} stored.
+_CAS = """
+local first = redis.call('GET', KEYS[2])
+if first then return {0, first} end
+local cur = redis.call('GET', KEYS[1])
+if (cur or '') ~= ARGV[1] then return {1} end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+return {2}
+"""
+
+MAX_ATTEMPTS = 50
+
+
+class RedisStateStore:
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, state_ttl_s: float, answer_ttl_s: int
+    ) -> None:
+        self._r = client
+        self._prefix = prefix
+        self._state_ttl_ms = int(state_ttl_s * 1000)
+        self._answer_ttl_s = answer_ttl_s
+        self._cas = client.register_script(_CAS)
+
+    @classmethod
+    def from_url(
+        cls, url: str, prefix: str, state_ttl_s: float, answer_ttl_s: int
+    ) -> RedisStateStore:
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
+        )
+        return cls(client, prefix, state_ttl_s, answer_ttl_s)
+
+    def _keys(self, device_id: str, ping_key: str) -> tuple[str, str]:
+        tag = f"{self._prefix}:{{d:{device_id}}}"
+        return f"{tag}:state", f"{tag}:ping:{ping_key}"
+
+    async def process(self, device_id: str, ping_key: str, step: Step) -> bytes:
+        state_key, answer_key = self._keys(device_id, ping_key)
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                raw_state, first = await self._r.mget(state_key, answer_key)
+                if first is not None:
+                    return bytes(first)
+                current: dict[str, Any] | None = orjson.loads(raw_state) if raw_state else None
+                new_state, body = step(current)
+                new_raw = orjson.dumps(new_state) if new_state is not None else b""
+                res = await self._cas(
+                    keys=[state_key, answer_key],
+                    args=[raw_state or b"", new_raw, self._state_ttl_ms, body, self._answer_ttl_s],
+                )
+                if res[0] == 0:
+                    return bytes(res[1])
+                if res[0] == 2:
+                    return body
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+        raise StateUnavailable(f"device {device_id!r} kept changing under {MAX_ATTEMPTS} attempts")
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._r.ping())
+        except RedisError:
+            return False
+
+    async def close(self) -> None:
+        await self._r.aclose()

@@ -1,0 +1,27 @@
+"""Small geometry helpers for tests."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+from geofences import EARTH_RADIUS_M
+
+
+def offset(lat: float, lng: float, bearing_deg: float, dist_m: float) -> tuple[float, float]:
+    """The point ``dist_m`` metres from (lat, lng) along ``bearing_deg``, on PostGIS's sphere."""
+    p1, l1, b = math.radians(lat), math.radians(lng), math.radians(bearing_deg)
+    d = dist_m / EARTH_RADIUS_M
+    p2 = math.asin(math.sin(p1) * math.cos(d) + math.cos(p1) * math.sin(d) * math.cos(b))
+    l2 = l1 + math.atan2(
+        math.sin(b) * math.sin(d) * math.cos(p1), math.cos(d) - math.sin(p1) * math.sin(p2)
+    )
+    return math.degrees(p2), (math.degrees(l2) + 540.0) % 360.0 - 180.0
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
