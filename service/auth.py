@@ -16,7 +16,7 @@ from enum import StrEnum
 
 import anyio.to_thread
 from fastapi import Request
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 
 from service.db.models import ApiKey
 from service.errors import Forbidden, Unauthorized
@@ -37,7 +37,7 @@ def create_key(engine: Engine, role: Role, label: str | None = None) -> str:
     key = f"go_{role.value}_{secrets.token_urlsafe(32)}"
     with engine.begin() as conn:
         conn.execute(
-            ApiKey.__table__.insert().values(
+            insert(ApiKey).values(
                 id=uuid.uuid4().hex, key_hash=hash_key(key), role=role.value, label=label
             )
         )
@@ -79,7 +79,8 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[Role]]:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        role = await request.app.state.keys.role_of(key.strip())
+        keys: KeyCache = request.app.state.keys
+        role = await keys.role_of(key.strip())
         if role is None:
             raise Unauthorized("unknown or revoked API key")
         if role not in allowed:

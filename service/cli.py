@@ -65,8 +65,8 @@ def _load_demo(engine: Any, host: str, port: int) -> None:
         with (DEMO_DIR / name).open("rb") as fh:
             res = import_fences(engine, fh, name)
         click.echo(
-            f"demo {name}: {res.created} created, {res.updated} updated, "
-            f"{res.unchanged} unchanged", err=True
+            f"demo {name}: {res.created} created, {res.updated} updated, {res.unchanged} unchanged",
+            err=True,
         )
     sdk = create_key(engine, Role.sdk, "demo")
     admin = create_key(engine, Role.admin, "demo")
@@ -80,7 +80,8 @@ demo keys (shown once):
 try:
   curl -s {base}/v1/locations -H 'Authorization: Bearer {sdk}' \\
     -H 'Content-Type: application/json' \\
-    -d '{{"device_id":"demo-phone","lat":40.74172,"lng":-73.98964,"accuracy_m":8,"timestamp":"'$(date -u +%Y-%m-%dT%H:%M:%SZ)'"}}'
+    -d '{{"device_id":"demo-phone","lat":40.74172,"lng":-73.98964,"accuracy_m":8,'\
+'"timestamp":"'$(date -u +%Y-%m-%dT%H:%M:%SZ)'"}}'
   curl -s '{base}/v1/geofences?limit=5' -H 'Authorization: Bearer {admin}'
   open {base}/docs
 """,
@@ -142,10 +143,16 @@ class _Progress:
 
 @import_.command("geofences")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--url", default=lambda: os.environ.get("GEO_OFFERS_URL", "http://127.0.0.1:8000"),
-              show_default="GEO_OFFERS_URL or http://127.0.0.1:8000")
-@click.option("--key", default=lambda: os.environ.get("GEO_OFFERS_API_KEY"),
-              help="Admin key (or GEO_OFFERS_API_KEY).")
+@click.option(
+    "--url",
+    default=lambda: os.environ.get("GEO_OFFERS_URL", "http://127.0.0.1:8000"),
+    show_default="GEO_OFFERS_URL or http://127.0.0.1:8000",
+)
+@click.option(
+    "--key",
+    default=lambda: os.environ.get("GEO_OFFERS_API_KEY"),
+    help="Admin key (or GEO_OFFERS_API_KEY).",
+)
 @click.option("--mode", type=click.Choice(["upsert", "replace"]), default="upsert")
 @click.option("--dry-run", is_flag=True)
 @click.option("--on-error", type=click.Choice(["abort", "skip"]), default="abort")
@@ -161,25 +168,32 @@ def import_geofences(
         raise click.ClickException("an admin key is needed: --key or GEO_OFFERS_API_KEY")
     size = file.stat().st_size
     params = {"mode": mode, "dry_run": str(dry_run).lower(), "on_error": on_error}
-    with file.open("rb") as fh, tqdm(
-        total=size, unit="B", unit_scale=True, desc=f"uploading {file.name}", file=sys.stderr
-    ) as bar:
+    with (
+        file.open("rb") as fh,
+        tqdm(
+            total=size, unit="B", unit_scale=True, desc=f"uploading {file.name}", file=sys.stderr
+        ) as bar,
+    ):
         files = {"file": (file.name, _Progress(fh, bar), "application/octet-stream")}
         try:
             resp = httpx.post(
                 f"{url.rstrip('/')}/v1/geofences/import",
                 params=params,
-                files=files,  # type: ignore[dict-item]
+                files=files,  # type: ignore[arg-type]
                 headers={"Authorization": f"Bearer {key}"},
                 timeout=httpx.Timeout(30.0, read=3600.0),
             )
         except httpx.HTTPError as exc:
             raise click.ClickException(f"could not reach {url}: {exc}") from exc
-    body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+    body = (
+        resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+    )
     click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
     if resp.status_code >= 400:
         err = body.get("error", {})
-        raise click.ClickException(f"HTTP {resp.status_code}: {err.get('message', resp.text[:200])}")
+        raise click.ClickException(
+            f"HTTP {resp.status_code}: {err.get('message', resp.text[:200])}"
+        )
 
 
 if __name__ == "__main__":

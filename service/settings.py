@@ -14,7 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GEO_OFFERS_", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="GEO_OFFERS_", extra="ignore", populate_by_name=True
+    )
 
     database_url: str | None = Field(
         default=None,

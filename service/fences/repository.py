@@ -16,13 +16,13 @@ from typing import Any
 import orjson
 import shapely
 from geoalchemy2 import Geography
-from sqlalchemy import Connection, Row, cast, delete, func, select, text, type_coerce, update
+from sqlalchemy import Connection, Table, cast, delete, func, select, text, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from geofences import FenceRecord, sphere_distance_m
 from service.db.models import DataVersion, Geofence
 
-T = Geofence.__table__
+T: Table = Geofence.__table__  # type: ignore[assignment]
 FENCES = "geofences"
 _PUBLIC_COLUMNS = (
     T.c.store_id, T.c.name, T.c.kind, T.c.lat, T.c.lng, T.c.radius_m, T.c.geometry_json,
@@ -47,7 +47,9 @@ def lock_version(conn: Connection) -> int:
 
 def bump_version(conn: Connection) -> int:
     conn.execute(
-        update(DataVersion).where(DataVersion.name == FENCES).values(version=DataVersion.version + 1)
+        update(DataVersion)
+        .where(DataVersion.name == FENCES)
+        .values(version=DataVersion.version + 1)
     )
     return current_version(conn)
 
@@ -102,11 +104,7 @@ def upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
         return
     dialect_insert = postgresql.insert if _is_pg(conn) else sqlite.insert
     stmt = dialect_insert(T)
-    changed = {
-        c: stmt.excluded[c]
-        for c in rows[0]
-        if c not in ("store_id",)
-    }
+    changed: dict[str, Any] = {c: stmt.excluded[c] for c in rows[0] if c != "store_id"}
     changed["updated_at"] = func.now()
     stmt = stmt.on_conflict_do_update(index_elements=[T.c.store_id], set_=changed)
     conn.execute(stmt, rows)
@@ -137,7 +135,7 @@ def count(conn: Connection) -> int:
 # --- reads ----------------------------------------------------------------------------
 
 
-def get(conn: Connection, store_id: str) -> Row[Any] | None:
+def get(conn: Connection, store_id: str) -> Any:
     return conn.execute(select(*_PUBLIC_COLUMNS).where(T.c.store_id == store_id)).first()
 
 
@@ -150,7 +148,7 @@ class Near:
 
 def list_page(
     conn: Connection, *, limit: int, after: str | None, tag: str | None, near: Near | None
-) -> list[tuple[Row[Any], float | None]]:
+) -> list[tuple[Any, float | None]]:
     """One page of fences: by store_id after a cursor, or, with ``near``, closest first."""
     stmt = select(*_PUBLIC_COLUMNS)
     if tag is not None:
@@ -158,8 +156,9 @@ def list_page(
             stmt = stmt.where(type_coerce(T.c.tags, postgresql.JSONB).contains([tag]))
         else:
             stmt = stmt.where(
-                text("EXISTS (SELECT 1 FROM json_each(geofences.tags) WHERE value = :tag)")
-                .bindparams(tag=tag)
+                text(
+                    "EXISTS (SELECT 1 FROM json_each(geofences.tags) WHERE value = :tag)"
+                ).bindparams(tag=tag)
             )
     if near is None:
         if after is not None:
@@ -179,7 +178,7 @@ def list_page(
     # SQLite: a latitude band in SQL (index on lat), exact sphere distance in Python.
     dlat = math.degrees(near.within_m / 6_371_008.7714) + 1e-6
     stmt = stmt.where(T.c.lat.between(near.lat - dlat, near.lat + dlat))
-    hits = []
+    hits: list[tuple[Any, float | None]] = []
     for row in conn.execute(stmt):
         d = sphere_distance_m(row.lat, row.lng, near.lat, near.lng)
         if d <= near.within_m:

@@ -26,9 +26,9 @@ async def import_geofences(
     request: Request,
     file: UploadFile,
     _: AdminKey,
-    mode: service.ImportMode = service.ImportMode.upsert,
+    mode: service.ImportMode = "upsert",
     dry_run: bool = False,
-    on_error: service.OnError = service.OnError.abort,
+    on_error: service.OnError = "abort",
 ) -> dict[str, Any]:
     """All or nothing by default; answers once this replica serves the new fences."""
     settings = request.app.state.settings
@@ -66,9 +66,15 @@ async def list_geofences(
             "give both near_lat and near_lng, or neither",
             [{"field": "near_lat" if near_lat is None else "near_lng", "reason": "missing"}],
         )
-    near = Near(near_lat, near_lng, within_m) if near_lat is not None and near_lng is not None else None
+    near = (
+        Near(near_lat, near_lng, within_m)
+        if near_lat is not None and near_lng is not None
+        else None
+    )
     return await anyio.to_thread.run_sync(
-        lambda: service.list_fences(_engine(request), limit=limit, cursor=cursor, tag=tag, near=near)
+        lambda: service.list_fences(
+            _engine(request), limit=limit, cursor=cursor, tag=tag, near=near
+        )
     )
 
 

@@ -7,8 +7,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
-from typing import Any, BinaryIO
+from datetime import UTC, datetime
+from typing import Any, BinaryIO, Literal
 
 import anyio.to_thread
 import orjson
@@ -24,14 +24,8 @@ log = logging.getLogger("geo_offers.fences")
 BATCH = 1000
 
 
-class ImportMode(StrEnum):
-    upsert = "upsert"
-    replace = "replace"
-
-
-class OnError(StrEnum):
-    abort = "abort"
-    skip = "skip"
+ImportMode = Literal["upsert", "replace"]
+OnError = Literal["abort", "skip"]
 
 
 @dataclass
@@ -55,9 +49,9 @@ def import_fences(
     stream: BinaryIO,
     filename: str | None,
     *,
-    mode: ImportMode = ImportMode.upsert,
+    mode: ImportMode = "upsert",
     dry_run: bool = False,
-    on_error: OnError = OnError.abort,
+    on_error: OnError = "abort",
     max_details: int = 1000,
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
@@ -70,13 +64,13 @@ def import_fences(
     the file — but never those whose row was bad, so a typo cannot delete a store.
     ``dry_run`` does everything, reports the counts, and rolls back.
     """
-    result = ImportResult(mode=mode.value, dry_run=dry_run)
+    result = ImportResult(mode=mode, dry_run=dry_run)
     n_errors = 0
     seen: set[str] = set()
     batch: list[dict[str, Any]] = []
 
     def flush() -> None:
-        if not batch or (n_errors and on_error is OnError.abort):
+        if not batch or (n_errors and on_error == "abort"):
             batch.clear()
             return
         known = repo.existing_hashes(conn, [r["store_id"] for r in batch])
@@ -117,14 +111,14 @@ def import_fences(
             raise InvalidFile(str(exc), details) from exc
         if n_errors:
             result.skipped = n_errors
-        if n_errors and on_error is OnError.abort:
+        if n_errors and on_error == "abort":
             more = f" (first {len(result.errors)} listed)" if n_errors > len(result.errors) else ""
             raise InvalidFile(
                 f"{n_errors} bad row(s){more}; nothing was written "
                 "(fix them, or import with on_error=skip to write the good rows)",
                 result.errors,
             )
-        if mode is ImportMode.replace:
+        if mode == "replace":
             good = result.created + result.updated + result.unchanged
             if good == 0:
                 raise InvalidFile(
@@ -145,6 +139,11 @@ def import_fences(
     return result
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite's CURRENT_TIMESTAMP is UTC without an offset; say so in the answer.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def fence_public(row: Any, distance_m: float | None = None) -> dict[str, Any]:
     out = {
         "store_id": row.store_id,
@@ -158,8 +157,8 @@ def fence_public(row: Any, distance_m: float | None = None) -> dict[str, Any]:
         "timezone": row.timezone,
         "address": row.address,
         "extra": row.extra or {},
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
+        "created_at": _utc(row.created_at),
+        "updated_at": _utc(row.updated_at),
     }
     if distance_m is not None:
         out["distance_m"] = round(distance_m, 3)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from service.auth import Role, require
 from service.errors import InvalidInput
@@ -14,23 +16,57 @@ from service.locations.service import PingContext, check_not_future, process_pin
 
 router = APIRouter(prefix="/v1/locations", tags=["locations"])
 SdkKey = Annotated[Role, Depends(require(Role.sdk))]
+M = TypeVar("M", bound=BaseModel)
 
 
 def _ctx(request: Request) -> PingContext:
     return request.app.state.ping_context  # type: ignore[no-any-return]
 
 
-@router.post("", response_model=PingOut, summary="Process one location ping")
-async def post_location(ping: PingIn, request: Request, _: SdkKey) -> Response:
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
+
+
+async def _parse(request: Request, model: type[M]) -> M:
+    """Validate the raw body as JSON whatever the Content-Type (SDKs and curl get it wrong),
+    in one pass (pydantic's JSON parser), with FastAPI's 422 shape on failure."""
+    body = await request.body()
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+@router.post(
+    "",
+    response_model=PingOut,
+    summary="Process one location ping",
+    openapi_extra=_body_schema(PingIn),
+)
+async def post_location(request: Request, _: SdkKey) -> Response:
+    ping = await _parse(request, PingIn)
     ctx = _ctx(request)
     check_not_future(ping, ctx.settings, time.time())
     body = await process_ping(ctx, ping)
     return Response(body, media_type="application/json")
 
 
-@router.post("/batch", response_model=PingBatchOut, summary="Process buffered pings of one device")
-async def post_batch(batch: PingBatchIn, request: Request, _: SdkKey) -> Response:
+@router.post(
+    "/batch",
+    response_model=PingBatchOut,
+    summary="Process buffered pings of one device",
+    openapi_extra=_body_schema(PingBatchIn),
+)
+async def post_batch(request: Request, _: SdkKey) -> Response:
     """Pings of one device, processed in timestamp order; results come in request order."""
+    batch = await _parse(request, PingBatchIn)
     ctx = _ctx(request)
     now = time.time()
     devices = {p.device_id for p in batch.pings}

@@ -105,5 +105,7 @@ async def process_ping(ctx: PingContext, ping: PingIn, now: float | None = None)
     try:
         return await ctx.store.process(ping.device_id, pid, decide)
     except StateUnavailable as exc:
-        log.warning("device state unavailable", extra={"event": "state_unavailable", "error": str(exc)})
+        log.warning(
+            "device state unavailable", extra={"event": "state_unavailable", "error": str(exc)}
+        )
         return _answer(pid, [], "state_unavailable")

@@ -58,7 +58,7 @@ class RedisStateStore:
             for _ in range(MAX_ATTEMPTS):
                 raw_state, first = await self._r.mget(state_key, answer_key)
                 if first is not None:
-                    return bytes(first)
+                    return first if isinstance(first, bytes) else first.encode()
                 current: dict[str, Any] | None = orjson.loads(raw_state) if raw_state else None
                 new_state, body = step(current)
                 new_raw = orjson.dumps(new_state) if new_state is not None else b""

@@ -26,7 +26,7 @@ class Api:
     admin: dict[str, str]
 
     @property
-    def app_state(self):  # noqa: ANN201 - test helper
+    def app_state(self):
         return self.client.app.state  # type: ignore[attr-defined]
 
 

@@ -14,7 +14,7 @@ s-003,Suva,-18.14160,178.42330,100,fiji
 """
 
 
-def upload(api: Api, content: bytes, name: str = "stores.csv", **params: str):  # noqa: ANN201
+def upload(api: Api, content: bytes, name: str = "stores.csv", **params: str):
     return api.client.post(
         "/v1/geofences/import",
         params=params,
@@ -24,7 +24,9 @@ def upload(api: Api, content: bytes, name: str = "stores.csv", **params: str):  
 
 
 def fence_count(api: Api) -> int:
-    return len(api.client.get("/v1/geofences", params={"limit": 1000}, headers=api.admin).json()["items"])
+    return len(
+        api.client.get("/v1/geofences", params={"limit": 1000}, headers=api.admin).json()["items"]
+    )
 
 
 def test_import_counts_and_reimport_is_unchanged(any_api: Api) -> None:
@@ -95,7 +97,10 @@ def test_replace_deletes_absent_fences(any_api: Api) -> None:
     only_one = b"store_id,name,lat,lng\ns-002,SoHo,40.72335,-74.00299\n"
     body = upload(any_api, only_one, mode="replace").json()
     assert body["deleted"] == 2 and body["updated"] == 1
-    assert [f["store_id"] for f in any_api.client.get("/v1/geofences", headers=any_api.admin).json()["items"]] == ["s-002"]
+    assert [
+        f["store_id"]
+        for f in any_api.client.get("/v1/geofences", headers=any_api.admin).json()["items"]
+    ] == ["s-002"]
 
 
 def test_replace_with_no_valid_rows_is_refused(any_api: Api) -> None:
@@ -132,7 +137,9 @@ def test_list_paging_tag_and_near(any_api: Api) -> None:
     c, h = any_api.client, any_api.admin
     first = c.get("/v1/geofences", params={"limit": 2}, headers=h).json()
     assert [f["store_id"] for f in first["items"]] == ["s-001", "s-002"]
-    second = c.get("/v1/geofences", params={"limit": 2, "cursor": first["next_cursor"]}, headers=h).json()
+    second = c.get(
+        "/v1/geofences", params={"limit": 2, "cursor": first["next_cursor"]}, headers=h
+    ).json()
     assert [f["store_id"] for f in second["items"]] == ["s-003"] and second["next_cursor"] is None
     tagged = c.get("/v1/geofences", params={"tag": "downtown"}, headers=h).json()
     assert [f["store_id"] for f in tagged["items"]] == ["s-001", "s-002"]
@@ -188,5 +195,8 @@ def test_postgis_columns_are_real_spatial_columns(api: Api) -> None:
             "ST_SetSRID(ST_MakePoint(-73.98964, 40.7421)::geometry, 4326)::geography, radius_m, false)"
         ).fetchall()
         assert hits == [("s-001",)]
-        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'geofences'")}
+        indexes = {
+            r[0]
+            for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'geofences'")
+        }
         assert {"ix_geofences_location_geog", "ix_geofences_shape"} <= indexes

@@ -120,8 +120,20 @@ def test_state_older_than_ttl_is_forgotten(any_api: Api) -> None:
 def test_bad_pings_are_422_naming_the_field(any_api: Api) -> None:
     c = any_api.client
     for body, field in [
-        ({"device_id": "d", "lat": 91, "lng": 0, "accuracy_m": 5, "timestamp": iso(ago(1))}, "body.lat"),
-        ({"device_id": "d", "lat": 0, "lng": 0, "accuracy_m": 5, "timestamp": "2026-01-01T00:00:00"}, "body.timestamp"),
+        (
+            {"device_id": "d", "lat": 91, "lng": 0, "accuracy_m": 5, "timestamp": iso(ago(1))},
+            "body.lat",
+        ),
+        (
+            {
+                "device_id": "d",
+                "lat": 0,
+                "lng": 0,
+                "accuracy_m": 5,
+                "timestamp": "2026-01-01T00:00:00",
+            },
+            "body.timestamp",
+        ),
         ({"lat": 0, "lng": 0, "accuracy_m": 5, "timestamp": iso(ago(1))}, "body.device_id"),
     ]:
         r = c.post("/v1/locations", json=body, headers=any_api.sdk)
@@ -156,7 +168,10 @@ def test_batch_runs_in_timestamp_order(any_api: Api) -> None:
     r = any_api.client.post("/v1/locations/batch", json={"pings": mixed}, headers=any_api.sdk)
     assert r.status_code == 422
     too_many = {"pings": [pings[0]] * 101}
-    assert any_api.client.post("/v1/locations/batch", json=too_many, headers=any_api.sdk).status_code == 422
+    assert (
+        any_api.client.post("/v1/locations/batch", json=too_many, headers=any_api.sdk).status_code
+        == 422
+    )
 
 
 def test_polygon_fence_enter_and_exit_margin(any_api: Api) -> None:

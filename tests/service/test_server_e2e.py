@@ -151,12 +151,19 @@ def test_concurrent_pings_for_one_device_enter_once(
             # 40 retries of one ping and 40 distinct pings, spread over both replicas.
             same = {"device_id": "hot", "lat": 48.8593, "lng": 2.3618, "accuracy_m": 5,
                     "timestamp": iso(ago(60)), "ping_id": "dup"}  # fmt: skip
-            reqs = [client.post(f"{(a, b)[i % 2]}/v1/locations", json=same, headers=headers) for i in range(40)]
+            reqs = [
+                client.post(f"{(a, b)[i % 2]}/v1/locations", json=same, headers=headers)
+                for i in range(40)
+            ]
             for i in range(40):
                 other = {**same, "ping_id": f"p-{i}", "timestamp": iso(ago(50 - i / 10))}
-                reqs.append(client.post(f"{(a, b)[i % 2]}/v1/locations", json=other, headers=headers))
+                reqs.append(
+                    client.post(f"{(a, b)[i % 2]}/v1/locations", json=other, headers=headers)
+                )
             resps = await asyncio.gather(*reqs)
-        assert all(r.status_code == 200 for r in resps), [r.text for r in resps if r.status_code != 200]
+        assert all(r.status_code == 200 for r in resps), [
+            r.text for r in resps if r.status_code != 200
+        ]
         return [r.json() for r in resps]
 
     answers = asyncio.run(fire())

@@ -6,7 +6,6 @@ Revises:
 
 import sqlalchemy as sa
 from alembic import op
-
 from geoalchemy2 import Geometry
 
 from service.db.models import JSONDOC
@@ -62,7 +61,9 @@ def upgrade() -> None:
         sa.Column("version", sa.BigInteger(), nullable=False),
     )
     op.bulk_insert(
-        sa.table("data_versions", sa.column("name", sa.String), sa.column("version", sa.BigInteger)),
+        sa.table(
+            "data_versions", sa.column("name", sa.String), sa.column("version", sa.BigInteger)
+        ),
         [{"name": "geofences", "version": 0}],
     )
     op.create_table(
