@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import shapely
 from geoalchemy2 import Geography
 from sqlalchemy import Connection, Table, cast, delete, func, select, text, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -62,13 +61,23 @@ def current_version(conn: Connection) -> int:
 # --- writes ---------------------------------------------------------------------------
 
 
+def _ring_wkt(ring: list[list[float]]) -> str:
+    # repr() is Python's shortest round-trip form: PostGIS stores the very same doubles the
+    # index tests against (shapely's WKT writer keeps only 16 significant digits).
+    return "(" + ", ".join(f"{float(x)!r} {float(y)!r}" for x, y, *_ in ring) + ")"
+
+
+def _polygon_wkt(geometry: dict[str, Any]) -> str:
+    """WKT of a GeoJSON Polygon/MultiPolygon with exact coordinates (x y = lng lat)."""
+    if geometry["type"] == "Polygon":
+        return "POLYGON (" + ", ".join(_ring_wkt(r) for r in geometry["coordinates"]) + ")"
+    polys = ("(" + ", ".join(_ring_wkt(r) for r in poly) + ")" for poly in geometry["coordinates"])
+    return "MULTIPOLYGON (" + ", ".join(polys) + ")"
+
+
 def record_to_row(rec: FenceRecord) -> dict[str, Any]:
     geometry_json = orjson.dumps(rec.geometry).decode() if rec.geometry is not None else None
-    shape = None
-    if rec.geometry is not None:
-        # Full precision: shapely rounds WKT to 6 decimals unless told not to.
-        wkt = shapely.to_wkt(shapely.geometry.shape(rec.geometry), rounding_precision=-1)
-        shape = f"SRID=4326;{wkt}"
+    shape = f"SRID=4326;{_polygon_wkt(rec.geometry)}" if rec.geometry is not None else None
     row: dict[str, Any] = {
         "store_id": rec.store_id,
         "name": rec.name,
