@@ -6,7 +6,7 @@ file (empty, wrong encoding, no header, missing column, not a FeatureCollection,
 
 Memory stays flat however long the file is: the CSV is decoded line by line and the
 GeoJSON is read feature by feature with ijson. The one thing that grows is the table of
-store ids already seen (for duplicates), kept at about 16 bytes per row.
+store ids already seen (for duplicates), kept at about 20 bytes per row.
 
 A ``FileError`` can come before the first row (header, encoding of the first bytes) or
 after some rows were yielded (bad bytes further down, truncated JSON), so an importer
@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import math
 import re
-from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
@@ -32,7 +31,12 @@ from shapely.geometry import shape
 from shapely.validation import explain_validity
 
 from geofences.model import DEFAULT_RADIUS_M, MAX_RADIUS_M, MIN_RADIUS_M, FenceRecord
-from geofences.timezones import is_open_sea_or_antarctica, is_valid_timezone, timezone_at
+from geofences.timezones import (
+    ANTARCTIC_LAT,
+    is_open_sea_or_antarctica,
+    is_valid_timezone,
+    timezone_at,
+)
 from geofences.units import parse_unit, to_metres, unit_aliases
 
 __all__ = [
@@ -117,53 +121,21 @@ class FileError(ValueError):
 
 
 class _SeenIds:
-    """store_id -> first line, in two flat arrays (~16 bytes a row, not ~150 for a dict).
+    """store_id -> the line it was first seen on.
 
-    Keys are the 64-bit ``hash()`` of the id in an open-addressing table. Two different
-    ids share a hash with probability about n²/2⁶⁵ (3e-8 for a million rows); that rare
-    case would be reported as a duplicate, which is the price of not keeping every id.
+    Exact on purpose: a hashed fingerprint table would use less memory, but could report a
+    real store as a duplicate. A million ids cost roughly 100 MB here, once per import.
     """
 
-    __slots__ = ("_count", "_keys", "_lines")
+    __slots__ = ("_first",)
 
     def __init__(self) -> None:
-        self._keys = array("Q", bytes(8 * 1024))
-        self._lines = array("I", [0]) * 1024
-        self._count = 0
+        self._first: dict[str, int] = {}
 
     def add(self, store_id: str, line: int) -> int | None:
         """Record ``store_id`` at ``line``; if it was seen before, return its first line."""
-        key = (hash(store_id) & 0xFFFF_FFFF_FFFF_FFFF) or 1  # 0 marks an empty slot
-        keys = self._keys
-        mask = len(keys) - 1
-        i = key & mask
-        while True:
-            k = keys[i]
-            if k == 0:
-                keys[i] = key
-                self._lines[i] = line
-                self._count += 1
-                if self._count * 4 > len(keys) * 3:
-                    self._grow()
-                return None
-            if k == key:
-                return int(self._lines[i])
-            i = (i + 1) & mask
-
-    def _grow(self) -> None:
-        old_keys, old_lines = self._keys, self._lines
-        size = len(old_keys) * 2
-        mask = size - 1
-        keys = array("Q", bytes(8 * size))
-        lines = array("I", [0]) * size
-        for k, line in zip(old_keys, old_lines, strict=True):
-            if k:
-                i = k & mask
-                while keys[i]:
-                    i = (i + 1) & mask
-                keys[i] = k
-                lines[i] = line
-        self._keys, self._lines = keys, lines
+        first = self._first.setdefault(store_id, line)
+        return None if first == line else first
 
 
 # ------------------------------------------------------------------- bytes in, sniffing
@@ -439,7 +411,9 @@ def _swap_check(row: _Row, lat: float, lng: float, given_tz: str | None, hint: s
         swapped_tz = timezone_at(lng, lat)
         if not is_open_sea_or_antarctica(swapped_tz, lng):
             place = (
-                "Antarctica" if lat < -60 or point_tz.startswith("Antarctica/") else "the open sea"
+                "Antarctica"
+                if lat < ANTARCTIC_LAT or point_tz.startswith("Antarctica/")
+                else "the open sea"
             )
             row.error(
                 "lat",
@@ -577,14 +551,14 @@ class _CsvPlan:
     width: int
     fields: dict[str, int]  # canonical field -> column index
     radius_columns: list[tuple[str, int]]  # (canonical radius field, column index)
-    extra: list[tuple[str, int]]  # (key in record.extra, column index)
+    extra: list[tuple[str, int, bool]]  # (key in record.extra, column index, keep if empty)
 
 
 def _plan_csv(header: list[str]) -> _CsvPlan:
     shown = ", ".join(h.strip() for h in header)
     fields: dict[str, int] = {}
     radius_columns: list[tuple[str, int]] = []
-    extra: list[tuple[str, int]] = []
+    extra: list[tuple[str, int, bool]] = []
     seen_names: dict[str, str] = {}
     for index, name in enumerate(header):
         key = name.strip()
@@ -594,7 +568,9 @@ def _plan_csv(header: list[str]) -> _CsvPlan:
             if extra_key in seen_names:
                 raise FileError(f"column {extra_key!r} appears twice (header has: {shown})")
             seen_names[extra_key] = key
-            extra.append((extra_key, index))
+            # A nameless column (a trailing comma in the header) is kept only where it
+            # holds something.
+            extra.append((extra_key, index, bool(key)))
             continue
         if canonical in seen_names:
             raise FileError(
@@ -642,29 +618,38 @@ def iter_csv(stream: BinaryIO) -> Iterator[ParsedRow | RowError]:
 
 
 def _iter_csv(source: _Source) -> Iterator[ParsedRow | RowError]:
+    """Read the header now (so its problems raise at once); rows come from the generator."""
     reader = csv.reader(_csv_lines(source), strict=True)
-    header: list[str] | None = None
-    plan: _CsvPlan | None = None
-    seen = _SeenIds()
+    rows = _csv_records(reader)
+    try:
+        header = next(rows)
+    except StopIteration:
+        raise FileError("file is empty") from None
+    return _csv_rows(rows, _plan_csv(header[1]))
+
+
+def _csv_records(reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """(first physical line, cells) of every CSV record that has any content."""
     line_before = 0
     try:
         for cells in reader:
             start = line_before + 1
             line_before = reader.line_num
-            if not any(c.strip() for c in cells):
-                continue  # blank lines and Excel's trailing ",,,," rows carry nothing
-            if header is None:
-                header = cells
-                plan = _plan_csv(header)
-                continue
-            assert plan is not None
-            yield from _csv_row(plan, cells, start, seen)
+            # Blank lines and Excel's trailing ",,,," rows carry nothing.
+            if any(c.strip() for c in cells):
+                yield start, cells
     except csv.Error as exc:
         raise FileError(
             f"line {reader.line_num}: malformed CSV ({exc})", line=reader.line_num
         ) from None
-    if header is None:
-        raise FileError("file is empty")
+
+
+def _csv_rows(
+    rows: Iterator[tuple[int, list[str]]], plan: _CsvPlan
+) -> Iterator[ParsedRow | RowError]:
+    seen = _SeenIds()
+    for line, cells in rows:
+        yield from _csv_row(plan, cells, line, seen)
 
 
 def _csv_row(
@@ -694,7 +679,7 @@ def _csv_row(
     )
     tags = _check_tags(row, cell("tags"))
     address = _text(cell("address")) or None
-    extra = {key: cells[index] for key, index in plan.extra}
+    extra = {key: cells[i] for key, i, keep_empty in plan.extra if keep_empty or cells[i]}
     lat = _check_coordinate(row, cell("lat"), "lat")
     lng = _check_coordinate(row, cell("lng"), "lng")
     timezone = given_tz

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal
@@ -53,7 +52,6 @@ def import_fences(
     dry_run: bool = False,
     on_error: OnError = "abort",
     max_details: int = 1000,
-    progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
     """Stream a CSV/GeoJSON upload into the store of record in one transaction.
 
@@ -94,17 +92,16 @@ def import_fences(
             for item in iter_fences(stream, filename):
                 if isinstance(item, RowError):
                     n_errors += 1
-                    if item.store_id:
+                    if item.store_id and mode == "replace":
                         seen.add(item.store_id)
                     if len(result.errors) < max_details:
                         result.errors.append(item.to_dict())
                     continue
-                seen.add(item.record.store_id)
+                if mode == "replace":  # only replace needs every id (to find the absent ones)
+                    seen.add(item.record.store_id)
                 batch.append(repo.record_to_row(item.record))
                 if len(batch) >= BATCH:
                     flush()
-                    if progress is not None:
-                        progress(len(seen))
             flush()
         except FileError as exc:
             details = [e.to_dict() for e in exc.errors]
