@@ -56,7 +56,7 @@ PENTAGON_REACH_EDGES: Final = 30.0
 FAST_MIN_RES: Final = 4
 #: A flood fill visiting more cells than this retries one resolution coarser.
 MAX_FLOOD_CELLS: Final = 50_000
-_CHUNK: Final = 65_536
+_CHUNK: Final = 16_384
 _EDGES_FINE_TO_COARSE: Final = np.array(EDGE_M[: MAX_RES + 1], dtype=np.float64)
 
 
@@ -73,16 +73,20 @@ def resolutions_for_sizes(sizes_m: FloatArray) -> NDArray[np.int8]:
     """Vectorized :func:`resolution_for_size`."""
     # Edges shrink with the resolution, so the resolutions that fit are 0..m: count them.
     fits = sizes_m[:, None] <= SIZE_RATIO * _EDGES_FINE_TO_COARSE[None, :]
-    return np.maximum(fits.sum(axis=1) - 1, 0).astype(np.int8)
+    res: NDArray[np.int8] = np.maximum(fits.sum(axis=1) - 1, 0).astype(np.int8)
+    return res
 
 
-def haversine_m(lat1: FloatArray, lng1: FloatArray, lat2: FloatArray, lng2: FloatArray) -> FloatArray:
+def haversine_m(
+    lat1: FloatArray, lng1: FloatArray, lat2: FloatArray, lng2: FloatArray
+) -> FloatArray:
     """Great-circle distance in metres, numpy (for pruning only: not bit-exact with PostGIS)."""
     p1, p2 = np.radians(lat1), np.radians(lat2)
     s_dlat = np.sin((p2 - p1) * 0.5)
     s_dlng = np.sin(np.radians(lng2 - lng1) * 0.5)
     a = s_dlat * s_dlat + np.cos(p1) * np.cos(p2) * s_dlng * s_dlng
-    return 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    d: FloatArray = 2.0 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+    return d
 
 
 def cell_centres(cells: Sequence[int]) -> tuple[FloatArray, FloatArray]:
@@ -111,7 +115,9 @@ def _pentagon_centres(res: int) -> tuple[FloatArray, FloatArray]:
     return cell_centres(h3.get_pentagons(res))
 
 
-def flood_cover(seeds: Sequence[int], may_meet: Callable[[list[int]], NDArray[np.bool_]]) -> list[int]:
+def flood_cover(
+    seeds: Sequence[int], may_meet: Callable[[list[int]], NDArray[np.bool_]]
+) -> list[int]:
     """Cells reached from ``seeds`` through neighbours for which ``may_meet`` is true.
 
     Why it cannot miss: the cells that meet a connected region form a connected set under
@@ -200,9 +206,10 @@ def _circle_chunk(
     )
     # Clustered stores share centre cells: measure each distinct cell once.
     uniq, inv = np.unique(c0, return_inverse=True)
-    _, _, urad = cell_circumradii(uniq.tolist())
+    ulat, ulng, urad = cell_circumradii(uniq.tolist())
     r0 = urad[inv]
     reach = radii + NEIGHBOUR_SIZE_SAFETY * r0 + SLACK_M
+    off = haversine_m(lats, lngs, ulat[inv], ulng[inv])  # circle centre to c0's centre
 
     slow = res < FAST_MIN_RES
     for r in np.unique(res).tolist():
@@ -211,7 +218,9 @@ def _circle_chunk(
         d = haversine_m(lats[sel, None], lngs[sel, None], plat[None, :], plng[None, :])
         slow[sel] |= d.min(axis=1) <= radii[sel] + PENTAGON_REACH_EDGES * EDGE_M[r]
 
-    k_all = np.maximum(1, np.ceil(reach / (RING_SPACING * r0))).astype(np.int64)
+    # A cell j rings out has its centre >= RING_SPACING * j * r0 from c0's centre, so at
+    # least that minus ``off`` from the circle centre: beyond k it can never pass the prune.
+    k_all = np.maximum(1, np.floor((reach + off + SLACK_M) / (RING_SPACING * r0))).astype(np.int64)
     disk_cells: list[int] = []
     disk_sizes = np.zeros(n, dtype=np.int64)
     c0_l, k_l = c0.tolist(), k_all.tolist()
@@ -227,8 +236,8 @@ def _circle_chunk(
     cand = np.array(disk_cells, dtype=np.uint64)
     owner = np.repeat(np.arange(n, dtype=np.int64), disk_sizes)
     ucand, cinv = np.unique(cand, return_inverse=True)
-    ulat, ulng = cell_centres(ucand.tolist())
-    d = haversine_m(lats[owner], lngs[owner], ulat[cinv], ulng[cinv])
+    clat, clng = cell_centres(ucand.tolist())
+    d = haversine_m(lats[owner], lngs[owner], clat[cinv], clng[cinv])
     keep = d <= reach[owner]
     cells_parts = [cand[keep]]
     owner_parts = [owner[keep]]
@@ -265,7 +274,7 @@ def polygon_cover(geom: BaseGeometry, res: int | None = None) -> tuple[int, list
     >>> sq = shapely.box(0.0, 0.0, 0.001, 0.001)  # x = lng, y = lat
     >>> res, cells = polygon_cover(sq)
     >>> res, h3.latlng_to_cell(0.0005, 0.0005, res) in cells
-    (10, True)
+    (9, True)
     """
     shapely.prepare(geom)
     if res is None:

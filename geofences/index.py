@@ -62,25 +62,32 @@ class FenceIndex:
     def __init__(
         self,
         fences: list[Fence],
+        by_id: dict[str, int],
         cells: NDArray[np.uint64],
-        owners: NDArray[np.int64],
+        owners: NDArray[np.int32],
         version: int,
     ) -> None:
         self.version = version
         self._fences = fences
-        self._by_id = {f.store_id: i for i, f in enumerate(fences)}
-        order = np.argsort(cells, kind="stable")
+        self._by_id = by_id
+        n_entries = len(cells)
+        order = np.argsort(cells)
         sorted_cells = cells[order]
-        self._positions = array("i", owners[order].astype(np.int32).tobytes())
-        del order
-        keys, first = np.unique(sorted_cells, return_index=True)
+        del cells  # drop references early: each of these arrays is 8 bytes an entry
+        self._positions = _to_array("i", owners[order])
+        del order, owners
+        # Unique by hand: the cells are sorted already (np.unique would sort a copy again).
+        first_mask = np.ones(len(sorted_cells), dtype=bool)
+        first_mask[1:] = sorted_cells[1:] != sorted_cells[:-1]
+        keys = sorted_cells[first_mask]
         del sorted_cells
+        starts = np.append(np.flatnonzero(first_mask), n_entries)
+        del first_mask
         # array('Q') rather than numpy: bisect on it yields plain ints, ~5x faster per ping
         # than numpy's scalar searchsorted, at the same 8 bytes a cell.
-        self._keys = array("Q", keys.tobytes())
-        starts = np.append(first, len(cells)).astype(np.int64)
-        self._starts = array("q", starts.tobytes())
-        self.entries = len(cells)
+        self._keys = _to_array("Q", keys)
+        self._starts = _to_array("i", starts.astype(np.int32))
+        self.entries = n_entries
         res = (keys >> np.uint64(52)) & np.uint64(0xF)  # H3 bits 52-55 hold the resolution
         self.resolutions: tuple[int, ...] = tuple(int(r) for r in np.unique(res))
         self._row_of: dict[int, int] | None = None
@@ -91,67 +98,78 @@ class FenceIndex:
     def build(cls, records: Iterable[FenceRecord], version: int = 0) -> FenceIndex:
         """Index ``records``; raises ValueError on a duplicate ``store_id``."""
         fences: list[Fence] = []
-        seen: set[str] = set()
+        by_id: dict[str, int] = {}
         for rec in records:
-            if rec.store_id in seen:
+            if rec.store_id in by_id:
                 raise ValueError(f"duplicate store_id {rec.store_id!r}")
-            seen.add(rec.store_id)
+            by_id[rec.store_id] = len(fences)
             fences.append(fence_from_record(rec))
-        del seen
 
         circle_pos = np.array(
-            [i for i, f in enumerate(fences) if isinstance(f, CircleFence)], dtype=np.int64
+            [i for i, f in enumerate(fences) if isinstance(f, CircleFence)], dtype=np.int32
         )
-        circles = [fences[i] for i in circle_pos.tolist()]
-        _, cells, owners = circle_covers(
-            np.array([f.lat for f in circles], dtype=np.float64),
-            np.array([f.lng for f in circles], dtype=np.float64),
-            np.array([f.radius_m for f in circles], dtype=np.float64),
-        )
-        del circles
+        lats = np.empty(len(circle_pos), dtype=np.float64)
+        lngs = np.empty(len(circle_pos), dtype=np.float64)
+        radii = np.empty(len(circle_pos), dtype=np.float64)
+        for j, i in enumerate(circle_pos.tolist()):
+            f = fences[i]
+            assert isinstance(f, CircleFence)
+            lats[j], lngs[j], radii[j] = f.lat, f.lng, f.radius_m
+        _, cells, owners = circle_covers(lats, lngs, radii)
+        del lats, lngs, radii
         cell_parts = [cells]
         owner_parts = [circle_pos[owners]]
+        del cells, owners
         for i, f in enumerate(fences):
             if isinstance(f, PolygonFence):
                 _, pcells = polygon_cover(f.geom)
                 cell_parts.append(np.array(pcells, dtype=np.uint64))
-                owner_parts.append(np.full(len(pcells), i, dtype=np.int64))
-        return cls(fences, np.concatenate(cell_parts), np.concatenate(owner_parts), version)
+                owner_parts.append(np.full(len(pcells), i, dtype=np.int32))
+        all_cells = np.concatenate(cell_parts)
+        del cell_parts
+        all_owners = np.concatenate(owner_parts)
+        del owner_parts
+        return cls(fences, by_id, all_cells, all_owners, version)
 
     def candidates(self, lat: float, lng: float) -> list[Fence]:
         """Fences registered in the ping's cells (a superset of the matches)."""
-        return [self._fences[p] for p in self._candidate_positions(lat, lng)]
+        fences, starts, positions = self._fences, self._starts, self._positions
+        return [
+            fences[p]
+            for row in self._rows(lat, lng)
+            for p in positions[starts[row] : starts[row + 1]]
+        ]
 
-    def _candidate_positions(self, lat: float, lng: float) -> Iterator[int]:
-        starts, positions = self._starts, self._positions
-        # Per resolution: the cell of a finer resolution's parent is not always the cell of
-        # the point at the coarser one, so ask H3 at every resolution.
-        if self._row_of is not None:
-            row_of = self._row_of
-            for res in self.resolutions:
-                row = row_of.get(h3.latlng_to_cell(lat, lng, res))
-                if row is not None:
-                    yield from positions[starts[row] : starts[row + 1]]
-            return
+    def _rows(self, lat: float, lng: float) -> list[int]:
+        """Table rows of the ping's cell at each resolution in use (cells with no fence skipped)."""
+        # The cell of a finer resolution's parent is not always the cell of the point at the
+        # coarser one, so ask H3 at every resolution.
+        row_of = self._row_of
+        if row_of is not None:
+            rows = [row_of.get(h3.latlng_to_cell(lat, lng, res)) for res in self.resolutions]
+            return [r for r in rows if r is not None]
         keys = self._keys
         n = len(keys)
+        found = []
         for res in self.resolutions:
             cell = h3.latlng_to_cell(lat, lng, res)
             row = bisect_left(keys, cell)
             if row < n and keys[row] == cell:
-                yield from positions[starts[row] : starts[row + 1]]
+                found.append(row)
+        return found
 
     def match(self, lat: float, lng: float) -> list[Match]:
         """Fences covering the point, nearest store first (ties by store_id)."""
-        fences = self._fences
+        fences, starts, positions = self._fences, self._starts, self._positions
         out: list[Match] = []
-        for p in self._candidate_positions(lat, lng):
-            fence = fences[p]
-            d = fence.match_distance_m(lat, lng)  # H3 narrowed; the exact geometry decides
-            if d is not None:
-                out.append(Match(fence, d))
+        for row in self._rows(lat, lng):
+            for p in positions[starts[row] : starts[row + 1]]:
+                fence = fences[p]
+                d = fence.match_distance_m(lat, lng)  # H3 narrowed; the exact geometry decides
+                if d is not None:
+                    out.append(Match(fence, d))
         if len(out) > 1:
-            out.sort(key=lambda m: (m.distance_m, m.fence.store_id))
+            out.sort(key=_match_order)
         return out
 
     def get(self, store_id: str) -> Fence | None:
@@ -194,3 +212,14 @@ class FenceIndex:
             "lookup": "dict" if self._row_of is not None else "sorted-array",
             "approx_bytes": table + lookup + fence_objs + by_id,
         }
+
+
+def _match_order(m: Match) -> tuple[float, str]:
+    return (m.distance_m, m.fence.store_id)
+
+
+def _to_array(typecode: str, values: NDArray[Any]) -> array[Any]:
+    """Copy a contiguous numpy array into an ``array.array`` without a bytes detour."""
+    out: array[Any] = array(typecode)
+    out.frombytes(np.ascontiguousarray(values).data.cast("B"))
+    return out
