@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
@@ -13,6 +13,10 @@ from fastapi import FastAPI, Request
 from sqlalchemy import text
 
 from service.auth import KeyCache
+from service.campaigns.router import router as campaigns_router
+from service.campaigns.service import CampaignHolder
+from service.caps.memory import MemoryCapStore
+from service.caps.redis_caps import RedisCapStore
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
 from service.errors import install_error_handlers
@@ -20,12 +24,27 @@ from service.fences.router import router as fences_router
 from service.fences.service import IndexHolder
 from service.locations.router import router as locations_router
 from service.locations.service import PingContext
+from service.offers.router import router as redemptions_router
+from service.offers.service import OfferContext
 from service.responses import ORJSONResponse
 from service.settings import Settings
+from service.state.consent import MemoryConsent, RedisConsent
 from service.state.memory import MemoryStateStore
 from service.state.redis_store import RedisStateStore
+from service.users.repository import users_without_consent
+from service.users.router import router as users_router
 
 log = logging.getLogger("geo_offers")
+
+
+async def poll(refresh: Callable[[], Awaitable[bool]], period_s: float) -> None:
+    """Follow changes made through other replicas for the app's lifetime."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await refresh()
+        except Exception:  # keep serving what was loaded last; retry next period
+            log.exception("refresh failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,28 +57,49 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(upgrade, engine)
         holder = IndexHolder(engine)
         await holder.refresh(force=True)
+        campaign_holder = CampaignHolder(engine)
+        await campaign_holder.refresh(force=True)
         store: Any
+        caps: Any
+        consent: Any
         if settings.redis_url:
             store = RedisStateStore.from_url(
                 settings.redis_url, settings.redis_prefix, settings.state_ttl_s,
                 settings.ping_answer_ttl_s,
             )  # fmt: skip
+            caps = RedisCapStore.from_url(settings.redis_url, settings.redis_prefix)
+            consent = RedisConsent(store.client, settings.redis_prefix)
         else:
             store = MemoryStateStore(settings.state_ttl_s, settings.ping_answer_ttl_s)
+            caps = MemoryCapStore()
+            consent = MemoryConsent()
+        with contextlib.suppress(Exception):  # Redis down at start: refilled on next start
+            await consent.load(await anyio.to_thread.run_sync(users_without_consent, engine))
         app.state.settings = settings
         app.state.engine = engine
         app.state.keys = KeyCache(engine, settings.key_cache_s)
         app.state.index_holder = holder
+        app.state.campaign_holder = campaign_holder
         app.state.state_store = store
-        app.state.ping_context = PingContext(settings, holder, store)
-        poller = asyncio.create_task(holder.poll(settings.index_poll_s))
+        app.state.cap_store = caps
+        app.state.consent = consent
+        app.state.ping_context = PingContext(
+            settings, holder, store, campaign_holder, OfferContext(engine, caps), consent
+        )
+        pollers = [
+            asyncio.create_task(poll(holder.refresh, settings.index_poll_s)),
+            asyncio.create_task(poll(campaign_holder.refresh, settings.index_poll_s)),
+        ]
         try:
             yield
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for task in pollers:
+                task.cancel()
+            for task in pollers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await store.close()
+            await caps.close()
             engine.dispose()
 
     app = FastAPI(
@@ -71,6 +111,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(locations_router)
     app.include_router(fences_router)
+    app.include_router(campaigns_router)
+    app.include_router(users_router)
+    app.include_router(redemptions_router)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

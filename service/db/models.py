@@ -68,3 +68,96 @@ class ApiKey(Base):
     label: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class CampaignRow(Base):
+    """A campaign as imported: the validated document, plus columns for listing."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    doc: Mapped[dict[str, Any]] = mapped_column(JSONDOC)
+    content_hash: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class PolicyRow(Base):
+    """Cross-campaign policies (caps, channel caps, minimum gap, quiet hours): one row."""
+
+    __tablename__ = "policies"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    doc: Mapped[dict[str, Any]] = mapped_column(JSONDOC)
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSONDOC)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class UserEventRow(Base):
+    __tablename__ = "user_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    store_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONDOC)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class OfferRow(Base):
+    """An issued offer (coupon): written before the ping is answered."""
+
+    __tablename__ = "offers"
+
+    offer_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String(64))
+    user_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    device_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    store_id: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(16))
+    coupon_code: Mapped[str] = mapped_column(String(96))
+    fixed_code: Mapped[bool] = mapped_column()
+    title: Mapped[str] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    value: Mapped[float] = mapped_column(Float)
+    distance_m: Mapped[float] = mapped_column(Float)
+    ping_id: Mapped[str] = mapped_column(String(128))
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExposureRow(Base):
+    """First time a user reached a campaign's arm assignment (treatment or control)."""
+
+    __tablename__ = "exposures"
+
+    campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(16))
+    first_exposed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    store_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class RedemptionRow(Base):
+    __tablename__ = "redemptions"
+
+    offer_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    coupon_code: Mapped[str] = mapped_column(String(96))
+    campaign_id: Mapped[str] = mapped_column(String(64))
+    redeemed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    store_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    amount: Mapped[float | None] = mapped_column(Float, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
+    response: Mapped[dict[str, Any]] = mapped_column(JSONDOC)

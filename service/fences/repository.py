@@ -15,14 +15,14 @@ from typing import Any
 
 import orjson
 from geoalchemy2 import Geography
-from sqlalchemy import Connection, Table, cast, delete, func, select, text, type_coerce, update
+from sqlalchemy import Connection, Table, cast, delete, func, select, text, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 
 from geofences import FenceRecord, sphere_distance_m
-from service.db.models import DataVersion, Geofence
+from service.db import versions
+from service.db.models import Geofence
 
 T: Table = Geofence.__table__  # type: ignore[assignment]
-FENCES = "geofences"
 _PUBLIC_COLUMNS = (
     T.c.store_id, T.c.name, T.c.kind, T.c.lat, T.c.lng, T.c.radius_m, T.c.geometry_json,
     T.c.tags, T.c.timezone, T.c.address, T.c.extra, T.c.created_at, T.c.updated_at,
@@ -33,29 +33,20 @@ def _is_pg(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-# --- data version ---------------------------------------------------------------------
+# --- data version (the fence set's counter) -------------------------------------------
 
 
 def lock_version(conn: Connection) -> int:
     """Lock the fence data version row until commit: imports and deletes run one at a time."""
-    stmt = select(DataVersion.version).where(DataVersion.name == FENCES)
-    if _is_pg(conn):
-        stmt = stmt.with_for_update()
-    return int(conn.execute(stmt).scalar_one())
+    return versions.lock(conn, versions.FENCES)
 
 
 def bump_version(conn: Connection) -> int:
-    conn.execute(
-        update(DataVersion)
-        .where(DataVersion.name == FENCES)
-        .values(version=DataVersion.version + 1)
-    )
-    return current_version(conn)
+    return versions.bump(conn, versions.FENCES)
 
 
 def current_version(conn: Connection) -> int:
-    stmt = select(DataVersion.version).where(DataVersion.name == FENCES)
-    return int(conn.execute(stmt).scalar_one())
+    return versions.current(conn, versions.FENCES)
 
 
 # --- writes ---------------------------------------------------------------------------

@@ -233,12 +233,3 @@ class IndexHolder:
                 self.index = new
                 self.loaded_at = time.time()
             return True
-
-    async def poll(self, period_s: float) -> None:
-        """Follow changes made through other replicas (runs for the app's lifetime)."""
-        while True:
-            await asyncio.sleep(period_s)
-            try:
-                await self.refresh()
-            except Exception:  # keep serving the last good index; retry next period
-                log.exception("index refresh failed")

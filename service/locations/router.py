@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from service.auth import Role, require
-from service.errors import InvalidInput
+from service.errors import Forbidden, InvalidInput
 from service.locations.schemas import PingBatchIn, PingBatchOut, PingIn, PingOut
 from service.locations.service import PingContext, check_not_future, process_ping
 
@@ -50,11 +50,14 @@ async def _parse(request: Request, model: type[M]) -> M:
     summary="Process one location ping",
     openapi_extra=_body_schema(PingIn),
 )
-async def post_location(request: Request, _: SdkKey) -> Response:
+async def post_location(request: Request, role: SdkKey, explain: bool = False) -> Response:
+    """With ``explain=true`` (admin keys only) the answer also lists every campaign's reason."""
+    if explain and role is not Role.admin:
+        raise Forbidden("explain=true needs an admin key")
     ping = await _parse(request, PingIn)
     ctx = _ctx(request)
     check_not_future(ping, ctx.settings, time.time())
-    body = await process_ping(ctx, ping)
+    body = await process_ping(ctx, ping, explain=explain)
     return Response(body, media_type="application/json")
 
 

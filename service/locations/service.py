@@ -9,8 +9,12 @@ Reason codes, in the order they are decided:
 - ``stale_ping``: older than ``offer_max_age_s`` — its events are kept (an offline batch
   still records the visit) but it may never bring an offer;
 - ``no_trigger``: no enter or dwell event;
-- ``no_campaign``: an enter or dwell happened but no campaign can fire yet (offer
-  decisioning is not built in this version, so ``offer`` is always null).
+- ``no_campaign``: an enter or dwell happened and there are no campaigns at all;
+- otherwise the offer decision of :mod:`service.offers.service` (``offer_issued``,
+  ``holdout``, ``capped``, …). That decision runs after the device's state step has been
+  stored with a provisional answer, so a retry of the same ping that arrives meanwhile
+  waits for the final answer instead of deciding twice.
+- ``consent_denied``: the user withdrew location consent; the device's state is dropped.
 - ``state_unavailable``: the device-state backend is down; no events, no offer, still 200.
 
 A future ping (more than ``future_tolerance_s`` ahead of the server clock) is a 422.
@@ -18,18 +22,23 @@ A future ping (more than ``future_tolerance_s`` ahead of the server clock) is a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import orjson
 
-from geofences.visits import DeviceState, step
+from geofences.visits import DeviceState, VisitEvent, step
+from service.campaigns.service import CampaignHolder, CampaignSet
 from service.errors import FuturePing
 from service.fences.service import IndexHolder
 from service.locations.schemas import PingIn
+from service.offers.service import OfferContext, VisitTrigger, could_fire
+from service.offers.service import decide as decide_offer
 from service.settings import Settings
 from service.state import StateStore, StateUnavailable
 
@@ -43,6 +52,13 @@ class PingContext:
     settings: Settings
     holder: IndexHolder
     store: StateStore
+    campaigns: CampaignHolder
+    offers: OfferContext
+    consent: Consent
+
+
+class Consent(Protocol):
+    async def denied(self, user_key: str) -> bool: ...
 
 
 def ping_key(ping: PingIn) -> str:
@@ -62,11 +78,53 @@ def check_not_future(ping: PingIn, settings: Settings, now: float, where: str = 
         )
 
 
-def _answer(pid: str, events: list[dict[str, Any]], reason: str) -> bytes:
-    return orjson.dumps({"ping_id": pid, "events": events, "offer": None, "reason": reason})
+def _answer(
+    pid: str,
+    events: list[dict[str, Any]],
+    reason: str,
+    offer: dict[str, Any] | None = None,
+    pending: bool = False,
+) -> bytes:
+    body: dict[str, Any] = {"ping_id": pid, "events": events, "offer": offer, "reason": reason}
+    if pending:
+        body["pending"] = True
+    return orjson.dumps(body)
 
 
-async def process_ping(ctx: PingContext, ping: PingIn, now: float | None = None) -> bytes:
+def _triggers(
+    prev: DeviceState | None,
+    new: DeviceState,
+    events: list[VisitEvent],
+    ts: float,
+    index: Any,
+    lat: float,
+    lng: float,
+) -> list[VisitTrigger]:
+    """Every fence the device is inside after this ping, with its time inside."""
+    entered = {e.store_id for e in events if e.type == "enter"}
+    out = []
+    for store_id, visit in new.inside.items():
+        fence = index.get(store_id)
+        if fence is None:
+            continue
+        prev_dwell = None
+        if store_id not in entered and prev is not None and prev.last_ts >= visit.entered_at:
+            prev_dwell = prev.last_ts - visit.entered_at
+        out.append(
+            VisitTrigger(
+                store_id=store_id,
+                entered=store_id in entered,
+                dwell_s=ts - visit.entered_at,
+                prev_dwell_s=prev_dwell,
+                distance_m=fence.distance_m(lat, lng),
+            )
+        )
+    return out
+
+
+async def process_ping(
+    ctx: PingContext, ping: PingIn, now: float | None = None, explain: bool = False
+) -> bytes:
     """Process one (already validated, not future) ping; returns the JSON answer."""
     settings = ctx.settings
     now = time.time() if now is None else now
@@ -74,8 +132,19 @@ async def process_ping(ctx: PingContext, ping: PingIn, now: float | None = None)
     ts = ping.timestamp.timestamp()
     index = ctx.holder.index
     assert index is not None, "pings are only routed once the index is loaded"
+    user_key = ping.user_id or ping.device_id
+    try:
+        if await ctx.consent.denied(user_key):
+            await ctx.store.forget(ping.device_id)
+            return _answer(pid, [], "consent_denied")
+    except StateUnavailable as exc:
+        log.warning("consent unknown: no processing", extra={"error": str(exc)})
+        return _answer(pid, [], "state_unavailable")
+    campaigns = ctx.campaigns.current
+    outcome: dict[str, Any] = {}
 
     def decide(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bytes]:
+        outcome.clear()
         state = DeviceState.from_doc(doc) if doc is not None else None
         if state is not None and ts < state.last_ts:
             return None, _answer(pid, [], "out_of_order")
@@ -94,18 +163,81 @@ async def process_ping(ctx: PingContext, ping: PingIn, now: float | None = None)
             state_ttl_s=settings.state_ttl_s,
             exit_margin_m=settings.exit_margin_m,
         )
+        event_docs = [e.to_dict() for e in events]
         if now - ts > settings.offer_max_age_s:
-            reason = "stale_ping"
-        elif any(e.type in ("enter", "dwell") for e in events):
+            return new_state.to_doc(), _answer(pid, event_docs, "stale_ping")
+        if state is not None and ts - state.last_ts > settings.state_ttl_s:
+            state = None
+        triggers = _triggers(state, new_state, events, ts, index, ping.lat, ping.lng)
+        if triggers and could_fire(campaigns, triggers):
+            provisional = _answer(pid, event_docs, "pending", pending=True)
+            outcome.update(events=event_docs, triggers=triggers, body=provisional)
+            return new_state.to_doc(), provisional
+        if not campaigns.campaigns and any(e.type in ("enter", "dwell") for e in events):
             reason = "no_campaign"
         else:
             reason = "no_trigger"
-        return new_state.to_doc(), _answer(pid, [e.to_dict() for e in events], reason)
+        return new_state.to_doc(), _answer(pid, event_docs, reason)
 
     try:
-        return await ctx.store.process(ping.device_id, pid, decide)
+        body = await ctx.store.process(ping.device_id, pid, decide)
     except StateUnavailable as exc:
         log.warning(
             "device state unavailable", extra={"event": "state_unavailable", "error": str(exc)}
         )
         return _answer(pid, [], "state_unavailable")
+    if outcome.get("body") is body:  # this call stored the provisional answer: decide now
+        return await _finish(ctx, ping, pid, user_key, campaigns, index, outcome, now, explain)
+    if b'"pending":true' in body:
+        return await _await_final(ctx, ping.device_id, pid, body)
+    return body
+
+
+async def _finish(
+    ctx: PingContext,
+    ping: PingIn,
+    pid: str,
+    user_key: str,
+    campaigns: CampaignSet,
+    index: Any,
+    outcome: dict[str, Any],
+    now: float,
+    explain: bool,
+) -> bytes:
+    decision = await decide_offer(
+        ctx.offers,
+        campaigns,
+        index,
+        device_id=ping.device_id,
+        user_key=user_key,
+        ping_key=pid,
+        channel=ping.channel,
+        triggers=outcome["triggers"],
+        now=datetime.fromtimestamp(now, UTC),
+    )
+    final = _answer(pid, outcome["events"], decision.reason, decision.offer)
+    try:
+        await ctx.store.finish(ping.device_id, pid, final)
+    except StateUnavailable:
+        log.warning("final answer not stored; a retry will see the provisional one")
+    if explain:
+        doc = orjson.loads(final)
+        doc["decisions"] = decision.decisions
+        return orjson.dumps(doc)
+    return final
+
+
+async def _await_final(ctx: PingContext, device_id: str, pid: str, body: bytes) -> bytes:
+    """A retry of a ping whose offer decision is still running: wait briefly for it."""
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        try:
+            current = await ctx.store.answer(device_id, pid)
+        except StateUnavailable:
+            break
+        if current is not None and b'"pending":true' not in current:
+            return current
+    doc = orjson.loads(body)
+    doc.pop("pending", None)
+    doc["reason"] = "in_progress"
+    return orjson.dumps(doc)

@@ -39,6 +39,18 @@ class MemoryStateStore:
         self._answers[(device_id, ping_key)] = (body, now + self._answer_ttl)
         return body
 
+    async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
+        self._answers[(device_id, ping_key)] = (body, time.monotonic() + self._answer_ttl)
+
+    async def answer(self, device_id: str, ping_key: str) -> bytes | None:
+        held = self._answers.get((device_id, ping_key))
+        return held[0] if held is not None and held[1] > time.monotonic() else None
+
+    async def forget(self, device_id: str) -> None:
+        """Drop a device's state and its remembered answers (consent withdrawn, erasure)."""
+        self._state.pop(device_id, None)
+        self._answers = {k: v for k, v in self._answers.items() if k[0] != device_id}
+
     def _sweep(self, now: float) -> None:
         self._state = {k: v for k, v in self._state.items() if v[1] > now}
         self._answers = {k: v for k, v in self._answers.items() if v[1] > now}

@@ -74,6 +74,35 @@ class RedisStateStore:
             raise StateUnavailable(str(exc)) from exc
         raise StateUnavailable(f"device {device_id!r} kept changing under {MAX_ATTEMPTS} attempts")
 
+    async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
+        _, answer_key = self._keys(device_id, ping_key)
+        try:
+            await self._r.set(answer_key, body, ex=self._answer_ttl_s)
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    async def answer(self, device_id: str, ping_key: str) -> bytes | None:
+        _, answer_key = self._keys(device_id, ping_key)
+        try:
+            raw = await self._r.get(answer_key)
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+        return None if raw is None else (raw if isinstance(raw, bytes) else raw.encode())
+
+    async def forget(self, device_id: str) -> None:
+        """Drop a device's state and remembered answers (consent withdrawn, erasure)."""
+        tag = f"{self._prefix}:{{d:{device_id}}}"
+        try:
+            keys = [k async for k in self._r.scan_iter(match=f"{tag}:*", count=1000)]
+            if keys:
+                await self._r.delete(*keys)
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._r
+
     async def ready(self) -> bool:
         try:
             return bool(await self._r.ping())

@@ -40,7 +40,10 @@ def migrated_postgis(postgis_url: str) -> str:
 
 def _reset_postgis(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE geofences, api_keys")
+        conn.execute(
+            "TRUNCATE geofences, api_keys, campaigns, policies, users, user_events, offers, "
+            "exposures, redemptions"
+        )
         conn.execute("UPDATE data_versions SET version = 0")
 
 

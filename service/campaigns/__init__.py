@@ -1,0 +1,1 @@
+"""Campaigns: the marketer's campaign file (``spec``) and the pure decision rules (``rules``)."""

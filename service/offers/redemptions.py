@@ -1,0 +1,118 @@
+"""Redemptions: a coupon redeems once, concurrently safe, with Idempotency-Key replays.
+
+The redemption row's primary key is the offer id, so two tills redeeming one code at the
+same moment race on an INSERT: exactly one row is written, the other till gets 409 with
+the first redemption's time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from service.errors import Conflict, DomainError, InvalidInput, NotFound
+from service.offers import repository as repo
+
+
+class Gone(DomainError):
+    status_code = 410
+    code = "expired"
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime) -> str:
+    return _aware(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def redeem(
+    engine: Engine,
+    code: str,
+    *,
+    store_id: str | None,
+    amount: float | None,
+    user_id: str | None,
+    idempotency_key: str | None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    with engine.begin() as conn:
+        if idempotency_key:
+            prior = repo.redemption_by_key(conn, idempotency_key)
+            if prior is not None:
+                if prior.coupon_code != code:
+                    raise Conflict(
+                        "this Idempotency-Key was used for another coupon code",
+                        [{"field": "Idempotency-Key", "reason": "reused with a different body"}],
+                    )
+                return dict(prior.response)
+        offers = repo.find_offers_by_code(conn, code)
+        # Compare in constant time so response timing does not leak how close a forged
+        # code is (the lookup itself is an indexed equality, not a prefix scan).
+        offers = [o for o in offers if hmac.compare_digest(o.coupon_code, code)]
+        if not offers:
+            raise NotFound("unknown coupon code")
+        if offers[0].fixed_code:
+            if not user_id:
+                raise InvalidInput(
+                    f"{code} is a campaign's shared code: send the user_id it was issued to",
+                    [{"field": "user_id", "reason": "required for a shared code"}],
+                )
+            offers = [o for o in offers if o.user_key == user_id]
+            if not offers:
+                raise NotFound("this shared code was not issued to this user")
+            open_offers = [o for o in offers if repo.redemption_of(conn, o.offer_id) is None]
+            offers = sorted(open_offers or offers, key=lambda o: _aware(o.issued_at))
+        offer = offers[0]
+        done = repo.redemption_of(conn, offer.offer_id)
+        if done is not None:
+            raise Conflict(
+                f"coupon already redeemed at {_iso(done.redeemed_at)}",
+                [
+                    {
+                        "field": "coupon_code",
+                        "reason": "already_redeemed",
+                        "redeemed_at": _iso(done.redeemed_at),
+                    }
+                ],
+            )
+        if _aware(offer.expires_at) <= now:
+            raise Gone(f"coupon expired at {_iso(offer.expires_at)}")
+        response = {
+            "offer_id": offer.offer_id,
+            "campaign_id": offer.campaign_id,
+            "coupon_code": code,
+            "redeemed_at": _iso(now),
+            "store_id": store_id,
+            "amount": amount,
+        }
+        row = {
+            "offer_id": offer.offer_id,
+            "coupon_code": code,
+            "campaign_id": offer.campaign_id,
+            "redeemed_at": now,
+            "store_id": store_id,
+            "amount": amount,
+            "idempotency_key": idempotency_key,
+            "response": response,
+        }
+        if not repo.insert_redemption(conn, row):
+            # Another till won the race between our check and our insert.
+            conn.rollback()
+            with engine.connect() as again:
+                if idempotency_key:
+                    replay = repo.redemption_by_key(again, idempotency_key)
+                    if replay is not None and replay.coupon_code == code:
+                        return dict(replay.response)
+                done = repo.redemption_of(again, offer.offer_id)
+            at = _iso(done.redeemed_at) if done is not None else "just now"
+            raise Conflict(
+                f"coupon already redeemed at {at}",
+                [{"field": "coupon_code", "reason": "already_redeemed", "redeemed_at": at}],
+            )
+    return response

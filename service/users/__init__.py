@@ -1,0 +1,1 @@
+"""Users: attributes and events sent by the retailer's backend, and erasure."""

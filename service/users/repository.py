@@ -1,0 +1,128 @@
+"""SQL for user attributes and events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, Table, delete, func, literal, select, type_coerce, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from service.db.models import ExposureRow, OfferRow, UserEventRow, UserRow
+
+USERS: Table = UserRow.__table__  # type: ignore[assignment]
+EVENTS: Table = UserEventRow.__table__  # type: ignore[assignment]
+
+
+def merge_attributes(conn: Connection, user_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``patch`` into the user's attributes in one statement (null removes a key).
+
+    Done in SQL, not read-modify-write, so two backends patching different attributes of
+    one user at the same moment both win.
+    """
+    keep = {k: v for k, v in patch.items() if v is not None}
+    drop = [k for k, v in patch.items() if v is None]
+    stmt: Any
+    if conn.dialect.name == "postgresql":
+        stmt = postgresql.insert(USERS).values(user_id=user_id, attributes=keep)
+        merged = USERS.c.attributes.op("||")(stmt.excluded.attributes)
+        if drop:
+            merged = merged.op("-")(postgresql.array(drop))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[USERS.c.user_id],
+            set_={"attributes": merged, "updated_at": func.now()},
+        )
+    else:
+        # json_patch is RFC 7386 merge patch: null removes the key.
+        stmt = sqlite.insert(USERS).values(user_id=user_id, attributes=keep)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[USERS.c.user_id],
+            set_={
+                "attributes": func.json_patch(
+                    USERS.c.attributes, literal(orjson.dumps(patch).decode())
+                ),
+                "updated_at": func.now(),
+            },
+        )
+    conn.execute(stmt)
+    return get_attributes(conn, user_id) or {}
+
+
+def get_attributes(conn: Connection, user_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(USERS.c.attributes).where(USERS.c.user_id == user_id)).first()
+    if row is None:
+        return None
+    attrs = row[0]
+    if isinstance(attrs, str):  # SQLite after json_patch returns text
+        attrs = orjson.loads(attrs)
+    return dict(attrs)
+
+
+def add_event(conn: Connection, event: dict[str, Any]) -> bool:
+    """Insert an event; False when an event with this id was recorded already."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = dialect_insert(EVENTS).values(**event).on_conflict_do_nothing(index_elements=["id"])
+    return bool(conn.execute(stmt).rowcount)
+
+
+def recent_events(conn: Connection, user_id: str, since: datetime) -> list[tuple[str, datetime]]:
+    """Events since ``since`` plus the latest of each type before it (for "days since")."""
+    recent = conn.execute(
+        select(EVENTS.c.type, EVENTS.c.occurred_at)
+        .where(EVENTS.c.user_id == user_id, EVENTS.c.occurred_at >= since)
+        .order_by(EVENTS.c.occurred_at)
+    ).all()
+    latest = conn.execute(
+        select(EVENTS.c.type, func.max(EVENTS.c.occurred_at))
+        .where(EVENTS.c.user_id == user_id, EVENTS.c.occurred_at < since)
+        .group_by(EVENTS.c.type)
+    ).all()
+    earliest_signup = conn.execute(
+        select(func.min(EVENTS.c.occurred_at)).where(
+            EVENTS.c.user_id == user_id, EVENTS.c.type == "signup"
+        )
+    ).scalar()
+    out = [(t, at) for t, at in latest] + [(t, at) for t, at in recent]
+    if earliest_signup is not None:
+        out.append(("signup", earliest_signup))
+    return out
+
+
+def erase(conn: Connection, user_id: str, pseudonym: str) -> dict[str, int]:
+    """Erase a user's personal data; keep anonymous aggregates (offers, exposures)."""
+    offers: Table = OfferRow.__table__  # type: ignore[assignment]
+    exposures: Table = ExposureRow.__table__  # type: ignore[assignment]
+    counts = {
+        "attributes": conn.execute(delete(USERS).where(USERS.c.user_id == user_id)).rowcount,
+        "events": conn.execute(delete(EVENTS).where(EVENTS.c.user_id == user_id)).rowcount,
+        "offers_anonymized": conn.execute(
+            update(offers)
+            .where(offers.c.user_key == user_id)
+            .values(user_key=pseudonym, device_id=None, message=None)
+        ).rowcount,
+        "exposures_anonymized": conn.execute(
+            update(exposures).where(exposures.c.user_key == user_id).values(user_key=pseudonym)
+        ).rowcount,
+    }
+    return counts
+
+
+def devices_of(conn: Connection, user_id: str) -> list[str]:
+    offers: Table = OfferRow.__table__  # type: ignore[assignment]
+    rows = conn.execute(
+        select(offers.c.device_id).where(offers.c.user_key == user_id).distinct()
+    ).all()
+    return [r[0] for r in rows if r[0]]
+
+
+def users_without_consent(engine: Engine) -> list[str]:
+    """Users whose ``location_consent`` is false (to refill the ping path's fast copy)."""
+    if engine.dialect.name == "postgresql":
+        cond = (
+            type_coerce(USERS.c.attributes, postgresql.JSONB)["location_consent"].astext == "false"
+        )
+    else:
+        cond = func.json_extract(USERS.c.attributes, "$.location_consent") == 0
+    with engine.connect() as conn:
+        return [r[0] for r in conn.execute(select(USERS.c.user_id).where(cond))]
