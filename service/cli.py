@@ -59,6 +59,7 @@ def serve(demo: bool, host: str | None, port: int | None, workers: int | None) -
 
 def _load_demo(engine: Any, host: str, port: int) -> None:
     from service.auth import Role, create_key
+    from service.campaigns.service import import_campaigns
     from service.fences.service import import_fences
 
     for name in ("stores.csv", "stores.geojson"):
@@ -68,14 +69,22 @@ def _load_demo(engine: Any, host: str, port: int) -> None:
             f"demo {name}: {res.created} created, {res.updated} updated, {res.unchanged} unchanged",
             err=True,
         )
+    camp = import_campaigns(engine, (DEMO_DIR / "campaigns.yaml").read_bytes(), "campaigns.yaml")
+    click.echo(
+        f"demo campaigns.yaml: {camp['created']} created, {camp['updated']} updated, "
+        f"{camp['unchanged']} unchanged",
+        err=True,
+    )
     sdk = create_key(engine, Role.sdk, "demo")
+    server = create_key(engine, Role.server, "demo")
     admin = create_key(engine, Role.admin, "demo")
     base = f"http://{host}:{port}"
     click.echo(
         f"""
 demo keys (shown once):
-  sdk:   {sdk}
-  admin: {admin}
+  sdk:    {sdk}
+  server: {server}
+  admin:  {admin}
 
 try:
   curl -s {base}/v1/locations -H 'Authorization: Bearer {sdk}' \\
@@ -83,6 +92,7 @@ try:
     -d '{{"device_id":"demo-phone","lat":40.74172,"lng":-73.98964,"accuracy_m":8,'\
 '"timestamp":"'$(date -u +%Y-%m-%dT%H:%M:%SZ)'"}}'
   curl -s '{base}/v1/geofences?limit=5' -H 'Authorization: Bearer {admin}'
+  curl -s '{base}/v1/campaigns/welcome/report' -H 'Authorization: Bearer {admin}'
   open {base}/docs
 """,
         err=True,
@@ -141,25 +151,7 @@ class _Progress:
         return getattr(self._fh, name)
 
 
-@import_.command("geofences")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--url",
-    default=lambda: os.environ.get("GEO_OFFERS_URL", "http://127.0.0.1:8000"),
-    show_default="GEO_OFFERS_URL or http://127.0.0.1:8000",
-)
-@click.option(
-    "--key",
-    default=lambda: os.environ.get("GEO_OFFERS_API_KEY"),
-    help="Admin key (or GEO_OFFERS_API_KEY).",
-)
-@click.option("--mode", type=click.Choice(["upsert", "replace"]), default="upsert")
-@click.option("--dry-run", is_flag=True)
-@click.option("--on-error", type=click.Choice(["abort", "skip"]), default="abort")
-def import_geofences(
-    file: Path, url: str, key: str | None, mode: str, dry_run: bool, on_error: str
-) -> None:  # fmt: skip
-    """Upload a geofence CSV or GeoJSON file, with a progress bar."""
+def _upload(kind: str, file: Path, url: str, key: str | None, params: dict[str, str]) -> None:
     import httpx
     import orjson
     from tqdm import tqdm
@@ -167,7 +159,6 @@ def import_geofences(
     if not key:
         raise click.ClickException("an admin key is needed: --key or GEO_OFFERS_API_KEY")
     size = file.stat().st_size
-    params = {"mode": mode, "dry_run": str(dry_run).lower(), "on_error": on_error}
     with (
         file.open("rb") as fh,
         tqdm(
@@ -177,7 +168,7 @@ def import_geofences(
         files = {"file": (file.name, _Progress(fh, bar), "application/octet-stream")}
         try:
             resp = httpx.post(
-                f"{url.rstrip('/')}/v1/geofences/import",
+                f"{url.rstrip('/')}/v1/{kind}/import",
                 params=params,
                 files=files,  # type: ignore[arg-type]
                 headers={"Authorization": f"Bearer {key}"},
@@ -185,15 +176,52 @@ def import_geofences(
             )
         except httpx.HTTPError as exc:
             raise click.ClickException(f"could not reach {url}: {exc}") from exc
-    body = (
-        resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
-    )
+    is_json = resp.headers.get("content-type", "").startswith("application/json")
+    body = resp.json() if is_json else {}
     click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
     if resp.status_code >= 400:
         err = body.get("error", {})
         raise click.ClickException(
             f"HTTP {resp.status_code}: {err.get('message', resp.text[:200])}"
         )
+
+
+_URL = click.option(
+    "--url",
+    default=lambda: os.environ.get("GEO_OFFERS_URL", "http://127.0.0.1:8000"),
+    show_default="GEO_OFFERS_URL or http://127.0.0.1:8000",
+)
+_KEY = click.option(
+    "--key",
+    default=lambda: os.environ.get("GEO_OFFERS_API_KEY"),
+    help="Admin key (or GEO_OFFERS_API_KEY).",
+)
+_FILE = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+
+
+@import_.command("geofences")
+@_FILE
+@_URL
+@_KEY
+@click.option("--mode", type=click.Choice(["upsert", "replace"]), default="upsert")
+@click.option("--dry-run", is_flag=True)
+@click.option("--on-error", type=click.Choice(["abort", "skip"]), default="abort")
+def import_geofences(
+    file: Path, url: str, key: str | None, mode: str, dry_run: bool, on_error: str
+) -> None:
+    """Upload a geofence CSV or GeoJSON file, with a progress bar."""
+    params = {"mode": mode, "dry_run": str(dry_run).lower(), "on_error": on_error}
+    _upload("geofences", file, url, key, params)
+
+
+@import_.command("campaigns")
+@_FILE
+@_URL
+@_KEY
+@click.option("--dry-run", is_flag=True, help="Validate and count; write nothing.")
+def import_campaigns(file: Path, url: str, key: str | None, dry_run: bool) -> None:
+    """Upload a YAML or JSON campaigns file (validated whole; any mistake writes nothing)."""
+    _upload("campaigns", file, url, key, {"dry_run": str(dry_run).lower()})
 
 
 if __name__ == "__main__":

@@ -50,8 +50,15 @@ def redemption_by_key(conn: Connection, key: str) -> Any:
 
 def insert_redemption(conn: Connection, row: dict[str, Any]) -> bool:
     """True if this redemption was recorded; False if the offer was redeemed already."""
-    stmt = _insert(conn)(REDEMPTIONS).values(**row).on_conflict_do_nothing()
-    return bool(conn.execute(stmt).rowcount)
+    # RETURNING, not rowcount: the driver's rowcount for INSERT … ON CONFLICT DO NOTHING
+    # is not reliably 0 when nothing was inserted.
+    stmt = (
+        _insert(conn)(REDEMPTIONS)
+        .values(**row)
+        .on_conflict_do_nothing()
+        .returning(REDEMPTIONS.c.offer_id)
+    )
+    return conn.execute(stmt).first() is not None
 
 
 def report_counts(

@@ -62,8 +62,13 @@ def get_attributes(conn: Connection, user_id: str) -> dict[str, Any] | None:
 def add_event(conn: Connection, event: dict[str, Any]) -> bool:
     """Insert an event; False when an event with this id was recorded already."""
     dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = dialect_insert(EVENTS).values(**event).on_conflict_do_nothing(index_elements=["id"])
-    return bool(conn.execute(stmt).rowcount)
+    stmt = (
+        dialect_insert(EVENTS)
+        .values(**event)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(EVENTS.c.id)
+    )
+    return conn.execute(stmt).first() is not None  # rowcount is unreliable here
 
 
 def recent_events(conn: Connection, user_id: str, since: datetime) -> list[tuple[str, datetime]]:

@@ -93,10 +93,19 @@ def test_retried_ping_returns_the_same_offer(api: Api) -> None:
 
 def test_schedule_in_store_local_time(any_api: Api) -> None:
     tz = "Asia/Tokyo"
-    yaml = "campaigns:\n" + campaign(
-        "now-open", schedule=f"{{hours: ['{hours_around(tz, -1, 1)}']}}", targeting="{store_ids: [tok-1]}"
-    ) + campaign(
-        "later", priority="5", schedule=f"{{hours: ['{hours_around(tz, 3, 5)}']}}", targeting="{store_ids: [tok-1]}"
+    yaml = (
+        "campaigns:\n"
+        + campaign(
+            "now-open",
+            schedule=f"{{hours: ['{hours_around(tz, -1, 1)}']}}",
+            targeting="{store_ids: [tok-1]}",
+        )
+        + campaign(
+            "later",
+            priority="5",
+            schedule=f"{{hours: ['{hours_around(tz, 3, 5)}']}}",
+            targeting="{store_ids: [tok-1]}",
+        )
     )
     setup(any_api, yaml)
     answer = ping(any_api, store="tok-1", explain=True)
@@ -109,7 +118,10 @@ def test_schedule_in_store_local_time(any_api: Api) -> None:
 
 
 def test_quiet_hours_policy(any_api: Api) -> None:
-    yaml = f"policies:\n  quiet_hours: '{hours_around('America/New_York', -1, 1)}'\ncampaigns:\n" + campaign()
+    yaml = (
+        f"policies:\n  quiet_hours: '{hours_around('America/New_York', -1, 1)}'\ncampaigns:\n"
+        + campaign()
+    )
     setup(any_api, yaml)
     answer = ping(any_api)
     assert answer["offer"] is None and answer["reason"] == "quiet_hours"
@@ -131,22 +143,45 @@ def test_purchase_event_cancels_the_very_next_ping(any_api: Api) -> None:
 def test_audience_include_and_exclude(any_api: Api) -> None:
     setup(
         any_api,
-        "campaigns:\n" + campaign(audience="{include: [{field: loyalty_tier, op: in, value: [gold]}, {field: account_age_days, op: gte, value: 7}], exclude: [{field: open_support_ticket, op: eq, value: true}]}"),
+        "campaigns:\n"
+        + campaign(
+            audience="{include: [{field: loyalty_tier, op: in, value: [gold]}, {field: account_age_days, op: gte, value: 7}], exclude: [{field: open_support_ticket, op: eq, value: true}]}"
+        ),
     )
     c, h = any_api.client, any_api.server
-    c.patch("/v1/users/gold", json={"loyalty_tier": "gold", "signup_at": iso(ago(30 * 86400))}, headers=h)
+    c.patch(
+        "/v1/users/gold",
+        json={"loyalty_tier": "gold", "signup_at": iso(ago(30 * 86400))},
+        headers=h,
+    )
     c.patch("/v1/users/new", json={"loyalty_tier": "gold", "signup_at": iso(ago(3600))}, headers=h)
-    c.patch("/v1/users/angry", json={"loyalty_tier": "gold", "signup_at": iso(ago(30 * 86400))}, headers=h)
-    c.post("/v1/users/angry/events", json={"type": "support_ticket_opened", "occurred_at": iso(ago(60))}, headers=h)
+    c.patch(
+        "/v1/users/angry",
+        json={"loyalty_tier": "gold", "signup_at": iso(ago(30 * 86400))},
+        headers=h,
+    )
+    c.post(
+        "/v1/users/angry/events",
+        json={"type": "support_ticket_opened", "occurred_at": iso(ago(60))},
+        headers=h,
+    )
     assert ping(any_api, user="gold")["reason"] == "offer_issued"
     assert ping(any_api, user="new")["reason"] == "audience_not_included"
     assert ping(any_api, user="angry")["reason"] == "audience_excluded"
-    c.post("/v1/users/angry/events", json={"type": "support_ticket_closed", "occurred_at": iso(ago(5))}, headers=h)
+    c.post(
+        "/v1/users/angry/events",
+        json={"type": "support_ticket_closed", "occurred_at": iso(ago(5))},
+        headers=h,
+    )
     assert ping(any_api, user="angry")["reason"] == "offer_issued"
 
 
 def test_frequency_caps_and_min_gap(any_api: Api) -> None:
-    yaml = "policies:\n  min_gap: 30m\ncampaigns:\n" + campaign("a", caps="[{count: 1, window: 24h}]") + campaign("b", priority="-1")
+    yaml = (
+        "policies:\n  min_gap: 30m\ncampaigns:\n"
+        + campaign("a", caps="[{count: 1, window: 24h}]")
+        + campaign("b", priority="-1")
+    )
     setup(any_api, yaml)
     assert ping(any_api, user="cap")["offer"]["campaign_id"] == "a"
     second = ping(any_api, user="cap", explain=True)
@@ -157,12 +192,19 @@ def test_frequency_caps_and_min_gap(any_api: Api) -> None:
 
 def test_paused_campaign_and_patch(any_api: Api) -> None:
     setup(any_api, "campaigns:\n" + campaign())
-    r = any_api.client.patch("/v1/campaigns/latte", json={"status": "paused"}, headers=any_api.admin)
+    r = any_api.client.patch(
+        "/v1/campaigns/latte", json={"status": "paused"}, headers=any_api.admin
+    )
     assert r.status_code == 200 and r.json()["status"] == "paused"
     assert ping(any_api)["reason"] == "campaign_paused"
     any_api.client.patch("/v1/campaigns/latte", json={"status": "active"}, headers=any_api.admin)
     assert ping(any_api)["reason"] == "offer_issued"
-    assert any_api.client.patch("/v1/campaigns/nope", json={"status": "paused"}, headers=any_api.admin).status_code == 404
+    assert (
+        any_api.client.patch(
+            "/v1/campaigns/nope", json={"status": "paused"}, headers=any_api.admin
+        ).status_code
+        == 404
+    )
 
 
 def test_holdout_split_is_stable_and_recorded(api: Api) -> None:
@@ -185,15 +227,30 @@ def test_redemptions_once_expired_forged_and_idempotent(any_api: Api) -> None:
     setup(any_api, "campaigns:\n" + campaign())
     code = ping(any_api)["offer"]["coupon_code"]
     c, h = any_api.client, any_api.server
-    first = c.post("/v1/redemptions", json={"coupon_code": code, "store_id": "nyc-1", "amount": 4.5}, headers={**h, "Idempotency-Key": "k1"})
+    first = c.post(
+        "/v1/redemptions",
+        json={"coupon_code": code, "store_id": "nyc-1", "amount": 4.5},
+        headers={**h, "Idempotency-Key": "k1"},
+    )
     assert first.status_code == 200, first.text
-    replay = c.post("/v1/redemptions", json={"coupon_code": code}, headers={**h, "Idempotency-Key": "k1"})
+    replay = c.post(
+        "/v1/redemptions", json={"coupon_code": code}, headers={**h, "Idempotency-Key": "k1"}
+    )
     assert replay.status_code == 200 and replay.json() == first.json()
     again = c.post("/v1/redemptions", json={"coupon_code": code}, headers=h)
-    assert again.status_code == 409 and first.json()["redeemed_at"] in again.json()["error"]["message"]
-    forged = c.post("/v1/redemptions", json={"coupon_code": code[:-1] + ("A" if code[-1] != "A" else "B")}, headers=h)
+    assert (
+        again.status_code == 409 and first.json()["redeemed_at"] in again.json()["error"]["message"]
+    )
+    forged = c.post(
+        "/v1/redemptions",
+        json={"coupon_code": code[:-1] + ("A" if code[-1] != "A" else "B")},
+        headers=h,
+    )
     assert forged.status_code == 404
-    assert c.post("/v1/redemptions", json={"coupon_code": code}, headers=any_api.sdk).status_code == 403
+    assert (
+        c.post("/v1/redemptions", json={"coupon_code": code}, headers=any_api.sdk).status_code
+        == 403
+    )
 
 
 def test_expired_coupon_is_410(any_api: Api) -> None:
@@ -203,15 +260,25 @@ def test_expired_coupon_is_410(any_api: Api) -> None:
     from sqlalchemy import text
 
     with engine.begin() as conn:
-        conn.execute(text("UPDATE offers SET expires_at = :t"), {"t": datetime.now(UTC) - timedelta(minutes=1)})
+        conn.execute(
+            text("UPDATE offers SET expires_at = :t"),
+            {"t": datetime.now(UTC) - timedelta(minutes=1)},
+        )
     r = any_api.client.post("/v1/redemptions", json={"coupon_code": code}, headers=any_api.server)
     assert r.status_code == 410 and r.json()["error"]["code"] == "expired"
 
 
 def test_bad_campaign_files_are_422_and_write_nothing(any_api: Api) -> None:
     setup(any_api, "campaigns:\n" + campaign())
-    bad = "campaigns:\n" + campaign("x1", budgett="{total: 5}") + campaign("x2", caps="[{count: 1, window: 25hrs}]") + campaign("x3", audience="{include: [{field: tier, op: contains, value: gold}]}")
-    r = any_api.client.post("/v1/campaigns/import", files={"file": ("c.yaml", bad.encode())}, headers=any_api.admin)
+    bad = (
+        "campaigns:\n"
+        + campaign("x1", budgett="{total: 5}")
+        + campaign("x2", caps="[{count: 1, window: 25hrs}]")
+        + campaign("x3", audience="{include: [{field: tier, op: contains, value: gold}]}")
+    )
+    r = any_api.client.post(
+        "/v1/campaigns/import", files={"file": ("c.yaml", bad.encode())}, headers=any_api.admin
+    )
     assert r.status_code == 422, r.text
     details = r.json()["error"]["details"]
     assert {d["campaign"] for d in details} == {"x1", "x2", "x3"}
@@ -221,17 +288,28 @@ def test_bad_campaign_files_are_422_and_write_nothing(any_api: Api) -> None:
 
 def test_consent_withdrawn_stops_processing(any_api: Api) -> None:
     setup(any_api, "campaigns:\n" + campaign())
-    any_api.client.patch("/v1/users/private", json={"location_consent": False}, headers=any_api.server)
+    any_api.client.patch(
+        "/v1/users/private", json={"location_consent": False}, headers=any_api.server
+    )
     answer = ping(any_api, user="private")
-    assert answer == {"ping_id": answer["ping_id"], "events": [], "offer": None, "reason": "consent_denied"}
-    any_api.client.patch("/v1/users/private", json={"location_consent": True}, headers=any_api.server)
+    assert answer == {
+        "ping_id": answer["ping_id"],
+        "events": [],
+        "offer": None,
+        "reason": "consent_denied",
+    }
+    any_api.client.patch(
+        "/v1/users/private", json={"location_consent": True}, headers=any_api.server
+    )
     assert ping(any_api, user="private")["reason"] == "offer_issued"
 
 
 def test_explain_needs_admin(any_api: Api) -> None:
     setup(any_api, "campaigns:\n" + campaign())
     body = {"device_id": "d", "lat": 1, "lng": 1, "accuracy_m": 5, "timestamp": iso(ago(1))}
-    r = any_api.client.post("/v1/locations", params={"explain": "true"}, json=body, headers=any_api.sdk)
+    r = any_api.client.post(
+        "/v1/locations", params={"explain": "true"}, json=body, headers=any_api.sdk
+    )
     assert r.status_code == 403
 
 
@@ -253,3 +331,54 @@ def test_budget_total(any_api: Api, budget: int) -> None:
     reasons = [ping(any_api, user=f"b-{i}")["reason"] for i in range(budget + 3)]
     assert reasons.count("offer_issued") == budget
     assert reasons[budget:] == ["budget_exhausted"] * 3
+
+
+def test_event_retry_with_the_same_id_is_recorded_once(any_api: Api) -> None:
+    body = {"type": "purchase", "occurred_at": iso(ago(10)), "event_id": "pos-123"}
+    first = any_api.client.post("/v1/users/u/events", json=body, headers=any_api.server)
+    again = any_api.client.post("/v1/users/u/events", json=body, headers=any_api.server)
+    assert first.status_code == again.status_code == 201
+    assert (first.json()["duplicate"], again.json()["duplicate"]) == (False, True)
+    future = {"type": "purchase", "occurred_at": iso(ago(-3600))}
+    assert (
+        any_api.client.post("/v1/users/u/events", json=future, headers=any_api.server).status_code
+        == 422
+    )
+
+
+def test_report_arithmetic_against_a_hand_computed_case(api: Api) -> None:
+    """Treatment 40 exposed / 12 converted, control 10 / 1, by writing rows directly."""
+    setup(api, "campaigns:\n" + campaign())
+    from sqlalchemy import text
+
+    t0 = datetime.now(UTC) - timedelta(days=2)
+    with api.app_state.engine.begin() as conn:
+        for i in range(50):
+            arm = "treatment" if i < 40 else "control"
+            conn.execute(
+                text("INSERT INTO exposures VALUES ('latte', :u, :arm, :t, 'nyc-1')"),
+                {"u": f"r-{i}", "arm": arm, "t": t0},
+            )
+        converted = [f"r-{i}" for i in range(12)] + ["r-40"]
+        late = ["r-12"]  # a purchase after the 72 h window does not count
+        early = ["r-13"]  # nor one before the exposure
+        for u, dt in (
+            [(u, timedelta(hours=5)) for u in converted]
+            + [(u, timedelta(hours=80)) for u in late]
+            + [(u, timedelta(hours=-1)) for u in early]
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO user_events (id, user_id, type, occurred_at, properties) VALUES (:id, :u, 'purchase', :t, '{}')"
+                ),
+                {"id": f"e-{u}-{dt.total_seconds()}", "u": u, "t": t0 + dt},
+            )
+    report = api.client.get("/v1/campaigns/latte/report", headers=api.admin).json()
+    t, c = report["arms"]["treatment"], report["arms"]["control"]
+    assert (t["exposed"], t["converted"], c["exposed"], c["converted"]) == (40, 12, 10, 1)
+    assert t["conversion_rate"] == 0.3 and c["conversion_rate"] == 0.1
+    # diff 0.2, se = sqrt(.3*.7/40 + .1*.9/10) = sqrt(0.00525 + 0.009) = 0.119373...
+    assert report["lift"]["absolute"] == 0.2
+    assert report["lift"]["ci95_low"] == round(0.2 - 1.959963984540054 * 0.1193733639, 6)
+    assert report["lift"]["ci95_high"] == round(0.2 + 1.959963984540054 * 0.1193733639, 6)
+    assert report["lift"]["relative"] == 2.0

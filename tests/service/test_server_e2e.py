@@ -174,3 +174,91 @@ def test_concurrent_pings_for_one_device_enter_once(
     assert len(enters) == 1, distinct
     assert not [e for x in distinct for e in x["events"] if e["type"] == "exit"]
     _reset_postgis(migrated_postgis)
+
+
+CAMPAIGNS = b"""
+campaigns:
+  - id: once-a-day
+    trigger: {type: enter}
+    targeting: {store_ids: [cap-store]}
+    caps: [{count: 1, window: 24h}]
+    offer: {title: One a day, message: "Hi {{ first_name | default: 'there' }}", coupon: {type: unique, prefix: DAY-}}
+  - id: fifty-only
+    trigger: {type: enter}
+    targeting: {store_ids: [budget-store]}
+    budget: {total: 50}
+    offer: {title: First fifty, message: "Quick!", coupon: {type: unique}}
+"""
+
+
+def test_caps_budgets_and_redemptions_hold_across_two_replicas(
+    two_servers: list[str], server_env: dict[str, str]
+) -> None:
+    a, b = two_servers
+    admin = {
+        "Authorization": f"Bearer {cli(server_env, 'keys', 'create', '--role', 'admin').stdout.strip()}"
+    }
+    sdk = {
+        "Authorization": f"Bearer {cli(server_env, 'keys', 'create', '--role', 'sdk').stdout.strip()}"
+    }
+    server = {
+        "Authorization": f"Bearer {cli(server_env, 'keys', 'create', '--role', 'server').stdout.strip()}"
+    }
+    stores = b"store_id,name,lat,lng\ncap-store,Cap,48.8593,2.3618\nbudget-store,Budget,51.5308,-0.1236\n"
+    assert (
+        httpx.post(
+            f"{a}/v1/geofences/import", files={"file": ("s.csv", stores)}, headers=admin
+        ).status_code
+        == 200
+    )
+    r = httpx.post(f"{a}/v1/campaigns/import", files={"file": ("c.yaml", CAMPAIGNS)}, headers=admin)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{b}/readyz").json()["index"]["fences"] != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.2)  # campaigns follow on the same polling period
+
+    async def burst() -> tuple[list[dict], list[dict]]:
+        async with httpx.AsyncClient(
+            timeout=60, limits=httpx.Limits(max_connections=200)
+        ) as client:
+            ts = iso(ago(3))
+            capped = [
+                client.post(f"{(a, b)[i % 2]}/v1/locations", headers=sdk, json={
+                    "device_id": f"phone-{i}", "user_id": "hot-user", "lat": 48.8593, "lng": 2.3618,
+                    "accuracy_m": 5, "timestamp": ts})
+                for i in range(100)
+            ]  # fmt: skip
+            budget = [
+                client.post(f"{(a, b)[i % 2]}/v1/locations", headers=sdk, json={
+                    "device_id": f"shopper-{i}", "user_id": f"shopper-{i}", "lat": 51.5308,
+                    "lng": -0.1236, "accuracy_m": 5, "timestamp": ts})
+                for i in range(200)
+            ]  # fmt: skip
+            r1 = await asyncio.gather(*capped)
+            r2 = await asyncio.gather(*budget)
+        assert all(r.status_code == 200 for r in [*r1, *r2]), [
+            r.text for r in [*r1, *r2] if r.status_code != 200
+        ][:3]
+        return [r.json() for r in r1], [r.json() for r in r2]
+
+    capped, budget = asyncio.run(burst())
+    assert sum(1 for x in capped if x["offer"]) == 1, {x["reason"] for x in capped}
+    assert {x["reason"] for x in capped} == {"offer_issued", "capped"}
+    assert sum(1 for x in budget if x["offer"]) == 50
+    assert {x["reason"] for x in budget} == {"offer_issued", "budget_exhausted"}
+    report = httpx.get(f"{b}/v1/campaigns/fifty-only/report", headers=admin).json()
+    assert report["arms"]["treatment"]["issued"] == 50
+
+    code = next(x["offer"]["coupon_code"] for x in capped if x["offer"])
+
+    async def tills() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*[
+                client.post(f"{(a, b)[i % 2]}/v1/redemptions", headers=server, json={"coupon_code": code, "store_id": "cap-store"})
+                for i in range(20)
+            ])  # fmt: skip
+
+    statuses = sorted(r.status_code for r in asyncio.run(tills()))
+    assert statuses == [200] + [409] * 19
