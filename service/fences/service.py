@@ -129,10 +129,9 @@ def import_fences(
             conn.rollback()
         else:
             result.version = repo.bump_version(conn) if changed else repo.current_version(conn)
-    log.info(
-        "geofence import",
-        extra={"event": "import", **{k: v for k, v in result.to_dict().items() if k != "errors"}},
-    )
+    # Counts go under one key: names such as "created" are LogRecord attributes.
+    counts = {k: v for k, v in result.to_dict().items() if k != "errors"}
+    log.info("geofence import", extra={"event": "import", "import": counts})
     return result
 
 

@@ -382,3 +382,23 @@ def test_report_arithmetic_against_a_hand_computed_case(api: Api) -> None:
     assert report["lift"]["ci95_low"] == round(0.2 - 1.959963984540054 * 0.1193733639, 6)
     assert report["lift"]["ci95_high"] == round(0.2 + 1.959963984540054 * 0.1193733639, 6)
     assert report["lift"]["relative"] == 2.0
+
+
+def test_dwell_campaign_fires_once_when_its_dwell_is_reached(any_api: Api) -> None:
+    setup(any_api, "campaigns:\n" + campaign("linger", trigger="{type: dwell, dwell_s: 120}"))
+    t0 = datetime.now(UTC) - timedelta(seconds=200)
+
+    def at(seconds: float) -> dict[str, Any]:
+        body = {"device_id": "dweller", "user_id": "dweller", "lat": 40.74172, "lng": -73.98964,
+                "accuracy_m": 5, "timestamp": iso(t0 + timedelta(seconds=seconds))}  # fmt: skip
+        r = any_api.client.post(
+            "/v1/locations", json=body, headers=any_api.admin, params={"explain": True}
+        )
+        return r.json()
+
+    enter = at(0)  # the enter: this campaign waits for its dwell
+    assert [e["type"] for e in enter["events"]] == ["enter"] and enter["reason"] == "no_trigger"
+    assert at(60)["reason"] == "no_trigger"  # inside, 60 s: nothing can fire yet
+    fired = at(130)
+    assert fired["reason"] == "offer_issued" and fired["offer"]["campaign_id"] == "linger"
+    assert at(180)["reason"] == "no_trigger", "once per visit"
