@@ -16,10 +16,11 @@ from enum import StrEnum
 
 import anyio.to_thread
 from fastapi import Request
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.db.models import ApiKey
-from service.errors import Forbidden, Unauthorized
+from service.errors import Forbidden, ServiceUnavailable, Unauthorized
 
 
 class Role(StrEnum):
@@ -44,6 +45,44 @@ def create_key(engine: Engine, role: Role, label: str | None = None) -> str:
     return key
 
 
+def list_keys(engine: Engine) -> list[dict[str, object]]:
+    """Every key's id, role, label and dates (never the key or its hash)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                ApiKey.id, ApiKey.role, ApiKey.label, ApiKey.created_at, ApiKey.revoked_at
+            ).order_by(ApiKey.created_at)
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def revoke_key(engine: Engine, key_id: str) -> bool:
+    """Revoke by id; True if a live key was revoked. Replicas stop accepting it within
+    ``key_cache_s``."""
+    with engine.begin() as conn:
+        res = conn.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=func.now())
+            .returning(ApiKey.id)
+        )
+        return res.first() is not None
+
+
+def ensure_key(engine: Engine, key: str, role: Role, label: str) -> None:
+    """Make sure ``key`` exists (for a key handed to containers through a setting)."""
+    if len(key) < 32:
+        raise ValueError("a bootstrap key must be at least 32 characters of randomness")
+    with engine.begin() as conn:
+        exists = conn.execute(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))).first()
+        if exists is None:
+            conn.execute(
+                insert(ApiKey).values(
+                    id=uuid.uuid4().hex, key_hash=hash_key(key), role=role.value, label=label
+                )
+            )
+
+
 class KeyCache:
     def __init__(self, engine: Engine, ttl_s: float) -> None:
         self._engine = engine
@@ -63,7 +102,13 @@ class KeyCache:
         hit = self._cache.get(key_hash)
         if hit is not None and hit[1] > now:
             return hit[0]
-        role = await anyio.to_thread.run_sync(self._lookup, key_hash)
+        try:
+            role = await anyio.to_thread.run_sync(self._lookup, key_hash)
+        except SQLAlchemyError as exc:
+            if hit is not None and hit[0] is not None:
+                # The database is down: a key we knew keeps working until it returns.
+                return hit[0]
+            raise ServiceUnavailable("cannot check API keys right now; retry shortly") from exc
         if len(self._cache) > 100_000:  # bound memory against floods of random keys
             self._cache.clear()
         self._cache[key_hash] = (role, now + (self._ttl if role else min(self._ttl, 2.0)))

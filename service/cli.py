@@ -130,6 +130,34 @@ def keys_create(role: str, label: str | None) -> None:
     click.echo(create_key(engine, Role(role), label))
 
 
+@keys.command("list")
+def keys_list() -> None:
+    """List keys: id, role, label, created, revoked (never the keys themselves)."""
+    from service.auth import list_keys
+    from service.db.engine import make_engine
+    from service.db.migrate import upgrade
+
+    engine = make_engine(Settings())
+    upgrade(engine)
+    for k in list_keys(engine):
+        revoked = k["revoked_at"] or "-"
+        click.echo(
+            f"{k['id']}  {k['role']:<6}  {k['created_at']}  revoked={revoked}  {k['label'] or ''}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by the id `keys list` shows."""
+    from service.auth import revoke_key
+    from service.db.engine import make_engine
+
+    if not revoke_key(make_engine(Settings()), key_id):
+        raise click.ClickException(f"no live key with id {key_id}")
+    click.echo(f"revoked {key_id}", err=True)
+
+
 @main.group(name="import")
 def import_() -> None:
     """Upload marketer files through the HTTP API."""
