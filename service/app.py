@@ -24,6 +24,7 @@ from service.fences.router import router as fences_router
 from service.fences.service import IndexHolder
 from service.locations.router import router as locations_router
 from service.locations.service import PingContext
+from service.observability import install_observability
 from service.offers.router import router as redemptions_router
 from service.offers.service import OfferContext
 from service.responses import ORJSONResponse
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_observability(app, settings)
     app.include_router(locations_router)
     app.include_router(fences_router)
     app.include_router(campaigns_router)

@@ -54,6 +54,27 @@ class Settings(BaseSettings):
     index_poll_s: float = Field(default=2.0, gt=0, description="Fence version polling period.")
     import_max_error_details: int = Field(default=1000, gt=0)
     key_cache_s: float = Field(default=30.0, ge=0, description="API key lookup cache.")
+    log_level: str = Field(
+        default="INFO",
+        pattern=r"(?i)^(debug|info|warning|error|critical)$",
+        description="Level of the JSON logs on stderr.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Largest request body of JSON routes (else 413)."
+    )
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        gt=0,
+        description="Largest body of /v1/geofences/import and /v1/campaigns/import (else 413).",
+    )
+    device_rate_per_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Pings per second one device may sustain on this replica (0 = no limit).",
+    )
+    device_burst: int = Field(
+        default=20, ge=1, description="Pings one device may send at once before the rate applies."
+    )
 
     @field_validator("database_url", "redis_url")
     @classmethod
