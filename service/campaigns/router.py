@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from service.auth import Role, require
 from service.campaigns import service
+from service.observability import time_import
 from service.offers.report import campaign_report
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -28,9 +29,10 @@ async def import_campaigns(
     Campaigns are upserted by id; the file's ``policies`` replace the current ones."""
     data = await file.read()
     engine = request.app.state.engine
-    result = await anyio.to_thread.run_sync(
-        lambda: service.import_campaigns(engine, data, file.filename, dry_run=dry_run)
-    )
+    with time_import("campaigns"):
+        result = await anyio.to_thread.run_sync(
+            lambda: service.import_campaigns(engine, data, file.filename, dry_run=dry_run)
+        )
     if not dry_run:
         await request.app.state.campaign_holder.refresh()
     return result

@@ -12,6 +12,7 @@ from service.errors import InvalidInput
 from service.fences import service
 from service.fences.repository import Near
 from service.fences.schemas import FenceList, FencePublic, ImportOut
+from service.observability import time_import
 
 router = APIRouter(prefix="/v1/geofences", tags=["geofences"])
 AdminKey = Annotated[Role, Depends(require(Role.admin))]
@@ -32,17 +33,18 @@ async def import_geofences(
 ) -> dict[str, Any]:
     """All or nothing by default; answers once this replica serves the new fences."""
     settings = request.app.state.settings
-    result = await anyio.to_thread.run_sync(
-        lambda: service.import_fences(
-            _engine(request),
-            file.file,
-            file.filename,
-            mode=mode,
-            dry_run=dry_run,
-            on_error=on_error,
-            max_details=settings.import_max_error_details,
+    with time_import("geofences"):
+        result = await anyio.to_thread.run_sync(
+            lambda: service.import_fences(
+                _engine(request),
+                file.file,
+                file.filename,
+                mode=mode,
+                dry_run=dry_run,
+                on_error=on_error,
+                max_details=settings.import_max_error_details,
+            )
         )
-    )
     if not dry_run:
         await request.app.state.index_holder.refresh()
     return result.to_dict()

@@ -13,6 +13,7 @@ from service.auth import Role, require
 from service.errors import Forbidden, InvalidInput
 from service.locations.schemas import PingBatchIn, PingBatchOut, PingIn, PingOut
 from service.locations.service import PingContext, check_not_future, process_ping
+from service.observability import check_device_rate
 
 router = APIRouter(prefix="/v1/locations", tags=["locations"])
 SdkKey = Annotated[Role, Depends(require(Role.sdk))]
@@ -55,6 +56,7 @@ async def post_location(request: Request, role: SdkKey, explain: bool = False) -
     if explain and role is not Role.admin:
         raise Forbidden("explain=true needs an admin key")
     ping = await _parse(request, PingIn)
+    check_device_rate(request.app.state, ping.device_id)
     ctx = _ctx(request)
     check_not_future(ping, ctx.settings, time.time())
     body = await process_ping(ctx, ping, explain=explain)
@@ -70,6 +72,7 @@ async def post_location(request: Request, role: SdkKey, explain: bool = False) -
 async def post_batch(request: Request, _: SdkKey) -> Response:
     """Pings of one device, processed in timestamp order; results come in request order."""
     batch = await _parse(request, PingBatchIn)
+    check_device_rate(request.app.state, batch.pings[0].device_id)  # one request, one token
     ctx = _ctx(request)
     now = time.time()
     devices = {p.device_id for p in batch.pings}

@@ -37,6 +37,7 @@ from service.campaigns.service import CampaignHolder, CampaignSet
 from service.errors import FuturePing
 from service.fences.service import IndexHolder
 from service.locations.schemas import PingIn
+from service.observability import observe_ping
 from service.offers.service import OfferContext, VisitTrigger, could_fire
 from service.offers.service import decide as decide_offer
 from service.settings import Settings
@@ -126,6 +127,21 @@ async def process_ping(
     ctx: PingContext, ping: PingIn, now: float | None = None, explain: bool = False
 ) -> bytes:
     """Process one (already validated, not future) ping; returns the JSON answer."""
+    body = await _process(ctx, ping, now, explain)
+    observe_ping(_reason_of(body))
+    return body
+
+
+def _reason_of(body: bytes) -> str:
+    # The answer is ours and flat: a byte search is far cheaper than parsing it again.
+    start = body.find(b'"reason":"')
+    if start < 0:
+        return "unknown"
+    start += 10
+    return body[start : body.index(b'"', start)].decode()
+
+
+async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: bool) -> bytes:
     settings = ctx.settings
     now = time.time() if now is None else now
     pid = ping_key(ping)

@@ -43,6 +43,7 @@ from service.campaigns import rules
 from service.campaigns.service import CampaignSet
 from service.campaigns.spec import Campaign
 from service.caps.base import Cap, CapRequest, CapStore, CapUnavailable
+from service.observability import observe_cap_rejection, observe_offer
 from service.offers import repository as repo
 from service.users.service import load_facts_inputs
 
@@ -217,6 +218,7 @@ async def decide(
             reasons[c.id] = res.reason or "capped"
             if res.cap:
                 extra[c.id] = {"cap": res.cap}
+                observe_cap_rejection(res.cap)
             continue
         fence = index.get(t.store_id)
         store_name = fence.name if fence is not None else t.store_id
@@ -253,6 +255,7 @@ async def decide(
             reasons[c.id] = final = "unavailable"
             continue
         reasons[c.id] = final = "offer_issued"
+        observe_offer(c.id)
         offer = {
             "offer_id": offer_id,
             "campaign_id": c.id,

@@ -35,6 +35,8 @@ def server_env(pg_settings: Settings, migrated_postgis: str) -> dict[str, str]:
         GEO_OFFERS_REDIS_URL=pg_settings.redis_url or "",
         GEO_OFFERS_REDIS_PREFIX=pg_settings.redis_prefix,
         GEO_OFFERS_INDEX_POLL_S="0.5",
+        # These tests fire bursts for one device on purpose; flood control has its own test.
+        GEO_OFFERS_DEVICE_BURST="1000",
     )
     return env
 
