@@ -66,9 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.redis_url:
             store = RedisStateStore.from_url(
                 settings.redis_url, settings.redis_prefix, settings.state_ttl_s,
-                settings.ping_answer_ttl_s,
+                settings.ping_answer_ttl_s, cluster=settings.redis_cluster,
             )  # fmt: skip
-            caps = RedisCapStore.from_url(settings.redis_url, settings.redis_prefix)
+            await store.start()
+            caps = RedisCapStore.from_url(
+                settings.redis_url, settings.redis_prefix, cluster=settings.redis_cluster
+            )
             consent = RedisConsent(store.client, settings.redis_prefix)
         else:
             store = MemoryStateStore(settings.state_ttl_s, settings.ping_answer_ttl_s)

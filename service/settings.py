@@ -29,6 +29,10 @@ class Settings(BaseSettings):
         description="redis://…; unset = device state in this process (one worker only).",
     )
     redis_prefix: str = Field(default="geo", description="Prefix of every Redis key.")
+    redis_cluster: bool = Field(
+        default=False,
+        description="REDIS_URL names a node of a Redis Cluster (keys are hash-tagged).",
+    )
     data_dir: Path = Field(default=Path(".geo-offers"), description="Embedded mode files.")
 
     host: str = "127.0.0.1"

@@ -16,6 +16,8 @@ import psycopg
 import pytest
 import redis
 
+from tests.redis_cluster import cluster_url  # noqa: F401  (a fixture for every test package)
+
 PG_ADMIN_URL = os.environ.get(
     "GEO_OFFERS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )

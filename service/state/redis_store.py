@@ -6,10 +6,12 @@ the script may touch both on Redis Cluster.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from service.state.base import StateUnavailable, Step
@@ -41,12 +43,22 @@ class RedisStateStore:
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str, state_ttl_s: float, answer_ttl_s: int
+        cls, url: str, prefix: str, state_ttl_s: float, answer_ttl_s: int, cluster: bool = False
     ) -> RedisStateStore:
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
-        )
+        client: Any
+        if cluster:
+            client = RedisCluster.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        else:
+            client = aioredis.Redis.from_url(
+                url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
+            )
         return cls(client, prefix, state_ttl_s, answer_ttl_s)
+
+    async def start(self) -> None:
+        """Initialise a cluster client once, before concurrent use (redis-py asks for it)."""
+        if isinstance(self._r, RedisCluster):
+            with contextlib.suppress(RedisError):
+                await self._r.initialize()
 
     def _keys(self, device_id: str, ping_key: str) -> tuple[str, str]:
         tag = f"{self._prefix}:{{d:{device_id}}}"
