@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from sqlalchemy import text
 
-from service.auth import KeyCache
+from service.auth import KeyCache, Role, ensure_key
 from service.campaigns.router import router as campaigns_router
 from service.campaigns.service import CampaignHolder
 from service.caps.memory import MemoryCapStore
@@ -56,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = make_engine(settings)
         if settings.auto_migrate:
             await anyio.to_thread.run_sync(upgrade, engine)
+        if settings.bootstrap_admin_key is not None:
+            key = settings.bootstrap_admin_key.get_secret_value()
+            await anyio.to_thread.run_sync(ensure_key, engine, key, Role.admin, "bootstrap")
         holder = IndexHolder(engine)
         await holder.refresh(force=True)
         campaign_holder = CampaignHolder(engine)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,7 +57,13 @@ class Settings(BaseSettings):
     )
     index_poll_s: float = Field(default=2.0, gt=0, description="Fence version polling period.")
     import_max_error_details: int = Field(default=1000, gt=0)
-    key_cache_s: float = Field(default=30.0, ge=0, description="API key lookup cache.")
+    key_cache_s: float = Field(
+        default=30.0, ge=0, description="API key lookups cached this long (revocation delay)."
+    )
+    bootstrap_admin_key: SecretStr | None = Field(
+        default=None,
+        description="An admin key to accept from start-up (containers); >= 32 random chars.",
+    )
     log_level: str = Field(
         default="INFO",
         pattern=r"(?i)^(debug|info|warning|error|critical)$",

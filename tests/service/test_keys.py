@@ -76,3 +76,22 @@ def test_every_route_checks_its_role(env: Path) -> None:
                 allowed = role == needs or role == "admin"
                 assert (status != 403) == allowed, (method, path, role, status)
                 assert status != 500, (method, path, role)
+
+
+def test_bootstrap_admin_key_from_a_setting(env: Path) -> None:
+    key = "bootstrap-" + "x" * 40
+    with TestClient(create_app(Settings(bootstrap_admin_key=key))) as client:
+        assert (
+            client.get("/v1/geofences", headers={"Authorization": f"Bearer {key}"}).status_code
+            == 200
+        )
+    # Restarting with the same setting does not create a second key.
+    with TestClient(create_app(Settings(bootstrap_admin_key=key))):
+        pass
+    listed = CliRunner().invoke(main, ["keys", "list"]).stdout
+    assert listed.count("bootstrap") == 1 and key not in listed
+    with (
+        pytest.raises(ValueError, match="32"),
+        TestClient(create_app(Settings(bootstrap_admin_key="short"))),
+    ):
+        pass
