@@ -23,6 +23,7 @@ A future ping (more than ``future_tolerance_s`` ahead of the server clock) is a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -161,6 +162,7 @@ async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: b
 
     def decide(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bytes]:
         outcome.clear()
+        outcome["new_device_state"] = doc is None
         state = DeviceState.from_doc(doc) if doc is not None else None
         if state is not None and ts < state.last_ts:
             return None, _answer(pid, [], "out_of_order")
@@ -202,6 +204,10 @@ async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: b
             "device state unavailable", extra={"event": "state_unavailable", "error": str(exc)}
         )
         return _answer(pid, [], "state_unavailable")
+    if ping.user_id is not None and outcome.get("new_device_state"):
+        # Only when a device starts a state: erasure of the user must be able to find it.
+        with contextlib.suppress(StateUnavailable):
+            await ctx.store.link_user(ping.user_id, ping.device_id)
     if outcome.get("body") is body:  # this call stored the provisional answer: decide now
         return await _finish(ctx, ping, pid, user_key, campaigns, index, outcome, now, explain)
     if b'"pending":true' in body:

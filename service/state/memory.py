@@ -22,6 +22,7 @@ class MemoryStateStore:
         self._answer_ttl = answer_ttl_s
         self._sweep_every = sweep_every
         self._calls = 0
+        self._devices: dict[str, set[str]] = {}
 
     async def process(self, device_id: str, ping_key: str, step: Step) -> bytes:
         now = time.monotonic()
@@ -45,6 +46,12 @@ class MemoryStateStore:
     async def answer(self, device_id: str, ping_key: str) -> bytes | None:
         held = self._answers.get((device_id, ping_key))
         return held[0] if held is not None and held[1] > time.monotonic() else None
+
+    async def link_user(self, user_key: str, device_id: str) -> None:
+        self._devices.setdefault(user_key, set()).add(device_id)
+
+    async def devices_of(self, user_key: str) -> set[str]:
+        return set(self._devices.pop(user_key, set()))
 
     async def forget(self, device_id: str) -> None:
         """Drop a device's state and its remembered answers (consent withdrawn, erasure)."""

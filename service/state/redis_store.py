@@ -101,6 +101,23 @@ class RedisStateStore:
             raise StateUnavailable(str(exc)) from exc
         return None if raw is None else (raw if isinstance(raw, bytes) else raw.encode())
 
+    async def link_user(self, user_key: str, device_id: str) -> None:
+        key = f"{self._prefix}:{{u:{user_key}}}:devices"
+        try:
+            await self._r.sadd(key, device_id)
+            await self._r.pexpire(key, self._state_ttl_ms)
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    async def devices_of(self, user_key: str) -> set[str]:
+        key = f"{self._prefix}:{{u:{user_key}}}:devices"
+        try:
+            members = await self._r.smembers(key)
+            await self._r.delete(key)
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+
     async def forget(self, device_id: str) -> None:
         """Drop a device's state and remembered answers (consent withdrawn, erasure)."""
         tag = f"{self._prefix}:{{d:{device_id}}}"

@@ -8,6 +8,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Request, Response
 
 from service.auth import Role, require
+from service.errors import NotFound
 from service.users import service
 from service.users.schemas import AttributesPatch, UserEventIn, UserEventOut
 
@@ -51,10 +52,13 @@ async def delete_user(user_id: UserId, request: Request, _: AdminKey) -> Respons
     counts, devices = await anyio.to_thread.run_sync(
         lambda: service.erase_user(state.engine, user_id)
     )
-    for device_id in {*devices, user_id}:
+    linked = await state.state_store.devices_of(user_id)
+    for device_id in {*devices, *linked, user_id}:
         await state.state_store.forget(device_id)
     await state.cap_store.forget_user(user_id)
     await state.consent.allow(user_id)
+    if not any(counts.values()) and not linked:
+        raise NotFound(f"no data held for user {user_id!r}")
     return Response(
         status_code=204, headers={"X-Erased": ",".join(f"{k}={v}" for k, v in counts.items())}
     )

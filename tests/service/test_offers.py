@@ -317,12 +317,21 @@ def test_erasure(any_api: Api) -> None:
     setup(any_api, "campaigns:\n" + campaign())
     c = any_api.client
     c.patch("/v1/users/gone", json={"first_name": "Zoe"}, headers=any_api.server)
-    assert ping(any_api, user="gone")["offer"]["message"].startswith("Hi Zoe")
+    assert ping(any_api, user="gone", device="zoe-phone")["offer"]["message"].startswith("Hi Zoe")
+    ping(any_api, user="gone", device="zoe-tablet", accuracy_m=500)
     r = c.delete("/v1/users/gone", headers=any_api.admin)
     assert r.status_code == 204
+    if any_api.settings.redis_url:  # erasure reaches Redis: device state and cap history
+        import redis
+
+        with redis.Redis.from_url(any_api.settings.redis_url) as rc:
+            left = [k.decode() for k in rc.scan_iter(match=f"{any_api.settings.redis_prefix}*")]
+        assert not [k for k in left if "zoe-" in k or "u:gone" in k], left
     assert c.delete("/v1/users/gone", headers=any_api.admin).status_code == 404
     report = c.get("/v1/campaigns/latte/report", headers=any_api.admin).json()
     assert report["arms"]["treatment"]["issued"] == 1, "aggregates stay"
+    # The device comes back as new: its next ping is an enter again.
+    assert [e["type"] for e in ping(any_api, user=None, device="zoe-phone")["events"]] == ["enter"]
 
 
 @pytest.mark.parametrize("budget", [5])
