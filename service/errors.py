@@ -20,10 +20,16 @@ class DomainError(Exception):
     status_code = 400
     code = "bad_request"
 
-    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or []
+        self.headers = headers or {}
 
 
 class Unauthorized(DomainError):
@@ -86,7 +92,8 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> ORJSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+        headers.update(exc.headers)
         return ORJSONResponse(
             error_body(exc.code, exc.message, exc.details), exc.status_code, headers=headers
         )

@@ -532,6 +532,7 @@ def check_device_rate(app_state: Any, device_id: str) -> None:
         raise TooManyRequests(
             f"too many pings from this device; Retry-After: {retry_after} s",
             [{"field": "device_id", "reason": f"retry_after_s={retry_after}"}],
+            headers={"Retry-After": str(retry_after)},
         )
 
 

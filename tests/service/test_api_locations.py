@@ -212,11 +212,19 @@ def test_distance_in_events_is_the_sphere_distance(any_api: Api) -> None:
 def test_a_flooding_device_gets_429(any_api: Api) -> None:
     statuses = []
     for i in range(25):  # default burst 20, then 5/s
-        body = {"device_id": "flood", "lat": 1.0, "lng": 1.0, "accuracy_m": 5, "timestamp": iso(ago(30 - i))}
+        body = {
+            "device_id": "flood",
+            "lat": 1.0,
+            "lng": 1.0,
+            "accuracy_m": 5,
+            "timestamp": iso(ago(30 - i)),
+        }
         statuses.append(any_api.client.post("/v1/locations", json=body, headers=any_api.sdk))
     codes = [r.status_code for r in statuses]
     assert codes[:20] == [200] * 20 and 429 in codes[20:]
-    limited = next(r for r in statuses if r.status_code == 429).json()["error"]
+    first_429 = next(r for r in statuses if r.status_code == 429)
+    assert int(first_429.headers["Retry-After"]) >= 1
+    limited = first_429.json()["error"]
     assert limited["code"] == "too_many_requests" and "Retry-After" in limited["message"]
     other = {"device_id": "calm", "lat": 1.0, "lng": 1.0, "accuracy_m": 5, "timestamp": iso(ago(1))}
     assert any_api.client.post("/v1/locations", json=other, headers=any_api.sdk).status_code == 200
