@@ -111,7 +111,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
             **env,
             "GEO_OFFERS_LOAD_PING_INTERVAL": "0.2-0.6",
             "GEO_OFFERS_LOAD_BACKEND_INTERVAL": "0.2-0.6",
-            "GEO_OFFERS_LOAD_OFFLINE_P": "0.7",
+            # Every phone session starts with an offline batch: the 6 s run must see one.
+            "GEO_OFFERS_LOAD_OFFLINE_P": "1",
         }
         yield Seeded(url, seed, tmp, gate_env)
     finally:
