@@ -7,7 +7,6 @@ large ones bisect a sorted array('Q') (about 1.5 us) so that a million fences st
 
 from __future__ import annotations
 
-import gc
 import sys
 from array import array
 from bisect import bisect_left
@@ -98,18 +97,6 @@ class FenceIndex:
     @classmethod
     def build(cls, records: Iterable[FenceRecord], version: int = 0) -> FenceIndex:
         """Index ``records``; raises ValueError on a duplicate ``store_id``."""
-        # A build allocates millions of long-lived objects and no cycles; the cyclic GC
-        # would rescan all of them again and again (most of a 1 M build's time).
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return cls._build(records, version)
-        finally:
-            if was_enabled:
-                gc.enable()
-
-    @classmethod
-    def _build(cls, records: Iterable[FenceRecord], version: int) -> FenceIndex:
         fences: list[Fence] = []
         by_id: dict[str, int] = {}
         for rec in records:
