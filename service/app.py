@@ -29,7 +29,6 @@ from service.offers.router import router as redemptions_router
 from service.offers.service import OfferContext
 from service.responses import ORJSONResponse
 from service.settings import Settings
-from service.state.consent import MemoryConsent, RedisConsent
 from service.state.memory import MemoryStateStore
 from service.state.redis_store import RedisStateStore
 from service.users.repository import users_without_consent
@@ -65,7 +64,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await campaign_holder.refresh(force=True)
         store: Any
         caps: Any
-        consent: Any
         if settings.redis_url:
             store = RedisStateStore.from_url(
                 settings.redis_url, settings.redis_prefix, settings.state_ttl_s,
@@ -75,13 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             caps = RedisCapStore.from_url(
                 settings.redis_url, settings.redis_prefix, cluster=settings.redis_cluster
             )
-            consent = RedisConsent(store.client, settings.redis_prefix)
         else:
             store = MemoryStateStore(settings.state_ttl_s, settings.ping_answer_ttl_s)
             caps = MemoryCapStore()
-            consent = MemoryConsent()
         with contextlib.suppress(Exception):  # Redis down at start: refilled on next start
-            await consent.load(await anyio.to_thread.run_sync(users_without_consent, engine))
+            await store.load_denied(await anyio.to_thread.run_sync(users_without_consent, engine))
         app.state.settings = settings
         app.state.engine = engine
         app.state.keys = KeyCache(engine, settings.key_cache_s)
@@ -89,9 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.campaign_holder = campaign_holder
         app.state.state_store = store
         app.state.cap_store = caps
-        app.state.consent = consent
         app.state.ping_context = PingContext(
-            settings, holder, store, campaign_holder, OfferContext(engine, caps), consent
+            settings, holder, store, campaign_holder, OfferContext(engine, caps)
         )
         pollers = [
             asyncio.create_task(poll(holder.refresh, settings.index_poll_s)),

@@ -23,13 +23,12 @@ A future ping (more than ``future_tolerance_s`` ahead of the server clock) is a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -56,11 +55,6 @@ class PingContext:
     store: StateStore
     campaigns: CampaignHolder
     offers: OfferContext
-    consent: Consent
-
-
-class Consent(Protocol):
-    async def denied(self, user_key: str) -> bool: ...
 
 
 def ping_key(ping: PingIn) -> str:
@@ -150,19 +144,11 @@ async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: b
     index = ctx.holder.index
     assert index is not None, "pings are only routed once the index is loaded"
     user_key = ping.user_id or ping.device_id
-    try:
-        if await ctx.consent.denied(user_key):
-            await ctx.store.forget(ping.device_id)
-            return _answer(pid, [], "consent_denied")
-    except StateUnavailable as exc:
-        log.warning("consent unknown: no processing", extra={"error": str(exc)})
-        return _answer(pid, [], "state_unavailable")
     campaigns = ctx.campaigns.current
     outcome: dict[str, Any] = {}
 
     def decide(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bytes]:
         outcome.clear()
-        outcome["new_device_state"] = doc is None
         state = DeviceState.from_doc(doc) if doc is not None else None
         if state is not None and ts < state.last_ts:
             return None, _answer(pid, [], "out_of_order")
@@ -198,16 +184,14 @@ async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: b
         return new_state.to_doc(), _answer(pid, event_docs, reason)
 
     try:
-        body = await ctx.store.process(ping.device_id, pid, decide)
+        body = await ctx.store.process(ping.device_id, pid, decide, user_key)
+        if body is None:  # consent withdrawn: the store dropped and keeps nothing
+            return _answer(pid, [], "consent_denied")
     except StateUnavailable as exc:
         log.warning(
             "device state unavailable", extra={"event": "state_unavailable", "error": str(exc)}
         )
         return _answer(pid, [], "state_unavailable")
-    if ping.user_id is not None and outcome.get("new_device_state"):
-        # Only when a device starts a state: erasure of the user must be able to find it.
-        with contextlib.suppress(StateUnavailable):
-            await ctx.store.link_user(ping.user_id, ping.device_id)
     if outcome.get("body") is body:  # this call stored the provisional answer: decide now
         return await _finish(ctx, ping, pid, user_key, campaigns, index, outcome, now, explain)
     if b'"pending":true' in body:

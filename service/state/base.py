@@ -20,7 +20,24 @@ class StateUnavailable(Exception):
 
 
 class StateStore(Protocol):
-    async def process(self, device_id: str, ping_key: str, step: Step) -> bytes: ...
+    async def process(
+        self, device_id: str, ping_key: str, step: Step, user_key: str | None = None
+    ) -> bytes | None:
+        """The answer; None when the user withdrew location consent (nothing was stored).
+
+        ``user_key`` (user_id, else device_id) is checked for consent when the device has no
+        state yet, and the device is linked to it, so that a later consent change or erasure
+        of the user reaches the device.
+        """
+        ...
+
+    async def deny(self, user_key: str) -> None:
+        """Consent withdrawn: the user's devices are not processed from their next ping."""
+        ...
+
+    async def allow(self, user_key: str) -> None: ...
+
+    async def load_denied(self, user_keys: list[str]) -> None: ...
 
     async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
         """Replace a ping's provisional answer by its final one (after the offer decision)."""
@@ -30,11 +47,9 @@ class StateStore(Protocol):
 
     async def forget(self, device_id: str) -> None: ...
 
-    async def link_user(self, user_key: str, device_id: str) -> None:
-        """Remember that ``device_id`` pings for ``user_key`` (so erasure can find it)."""
+    async def devices_of(self, user_key: str) -> set[str]:
+        """The devices linked to ``user_key`` (for erasure); forgets the link."""
         ...
-
-    async def devices_of(self, user_key: str) -> set[str]: ...
 
     async def ready(self) -> bool: ...
 

@@ -23,22 +23,48 @@ class MemoryStateStore:
         self._sweep_every = sweep_every
         self._calls = 0
         self._devices: dict[str, set[str]] = {}
+        self._denied_users: set[str] = set()
+        self._denied_devices: set[str] = set()
 
-    async def process(self, device_id: str, ping_key: str, step: Step) -> bytes:
+    async def process(
+        self, device_id: str, ping_key: str, step: Step, user_key: str | None = None
+    ) -> bytes | None:
         now = time.monotonic()
         self._calls += 1
         if self._calls % self._sweep_every == 0:
             self._sweep(now)
+        if device_id in self._denied_devices:
+            return None
         answer = self._answers.get((device_id, ping_key))
         if answer is not None and answer[1] > now:
             return answer[0]
         held = self._state.get(device_id)
         current = held[0] if held is not None and held[1] > now else None
+        if current is None and user_key is not None:
+            if user_key in self._denied_users:
+                self._denied_devices.add(device_id)
+                return None
+            if user_key != device_id:
+                self._devices.setdefault(user_key, set()).add(device_id)
         new_state, body = step(current)
         if new_state is not None:
             self._state[device_id] = (new_state, now + self._state_ttl)
         self._answers[(device_id, ping_key)] = (body, now + self._answer_ttl)
         return body
+
+    async def deny(self, user_key: str) -> None:
+        self._denied_users.add(user_key)
+        for device_id in self._devices.get(user_key, set()) | {user_key}:
+            self._denied_devices.add(device_id)
+            await self.forget(device_id)
+
+    async def allow(self, user_key: str) -> None:
+        self._denied_users.discard(user_key)
+        self._denied_devices -= self._devices.get(user_key, set()) | {user_key}
+
+    async def load_denied(self, user_keys: list[str]) -> None:
+        for user_key in user_keys:
+            await self.deny(user_key)
 
     async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
         self._answers[(device_id, ping_key)] = (body, time.monotonic() + self._answer_ttl)
@@ -46,9 +72,6 @@ class MemoryStateStore:
     async def answer(self, device_id: str, ping_key: str) -> bytes | None:
         held = self._answers.get((device_id, ping_key))
         return held[0] if held is not None and held[1] > time.monotonic() else None
-
-    async def link_user(self, user_key: str, device_id: str) -> None:
-        self._devices.setdefault(user_key, set()).add(device_id)
 
     async def devices_of(self, user_key: str) -> set[str]:
         return set(self._devices.pop(user_key, set()))

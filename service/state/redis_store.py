@@ -64,13 +64,36 @@ class RedisStateStore:
         tag = f"{self._prefix}:{{d:{device_id}}}"
         return f"{tag}:state", f"{tag}:ping:{ping_key}"
 
-    async def process(self, device_id: str, ping_key: str, step: Step) -> bytes:
+    def _device_denied(self, device_id: str) -> str:
+        return f"{self._prefix}:{{d:{device_id}}}:no_consent"
+
+    def _user_key(self, user_key: str, what: str) -> str:
+        return f"{self._prefix}:{{u:{user_key}}}:{what}"
+
+    async def process(
+        self, device_id: str, ping_key: str, step: Step, user_key: str | None = None
+    ) -> bytes | None:
         state_key, answer_key = self._keys(device_id, ping_key)
+        denied_key = self._device_denied(device_id)
         try:
-            for _ in range(MAX_ATTEMPTS):
-                raw_state, first = await self._r.mget(state_key, answer_key)
+            for attempt in range(MAX_ATTEMPTS):
+                # One round trip for the retry answer, the state and the consent flag: all
+                # three live in the device's slot.
+                raw_state, first, denied = await self._r.mget(state_key, answer_key, denied_key)
+                if denied is not None:
+                    return None
                 if first is not None:
                     return first if isinstance(first, bytes) else first.encode()
+                if raw_state is None and user_key is not None and attempt == 0:
+                    # A device starting a visit history: check its user's consent once, and
+                    # link it to the user so consent changes and erasure can reach it.
+                    if await self._r.exists(self._user_key(user_key, "no_consent")):
+                        await self._r.set(denied_key, b"1")
+                        return None
+                    if user_key != device_id:
+                        devices = self._user_key(user_key, "devices")
+                        await self._r.sadd(devices, device_id)
+                        await self._r.pexpire(devices, self._state_ttl_ms)
                 current: dict[str, Any] | None = orjson.loads(raw_state) if raw_state else None
                 new_state, body = step(current)
                 new_raw = orjson.dumps(new_state) if new_state is not None else b""
@@ -85,6 +108,33 @@ class RedisStateStore:
         except RedisError as exc:
             raise StateUnavailable(str(exc)) from exc
         raise StateUnavailable(f"device {device_id!r} kept changing under {MAX_ATTEMPTS} attempts")
+
+    async def _linked(self, user_key: str) -> set[str]:
+        members = await self._r.smembers(self._user_key(user_key, "devices"))
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in members} | {user_key}
+
+    async def deny(self, user_key: str) -> None:
+        """Withdraw consent: the user's devices stop being processed from their next ping."""
+        try:
+            await self._r.set(self._user_key(user_key, "no_consent"), b"1")
+            for device_id in await self._linked(user_key):
+                await self._r.set(self._device_denied(device_id), b"1")
+                await self.forget(device_id)
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    async def allow(self, user_key: str) -> None:
+        try:
+            await self._r.delete(self._user_key(user_key, "no_consent"))
+            for device_id in await self._linked(user_key):
+                await self._r.delete(self._device_denied(device_id))
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    async def load_denied(self, user_keys: list[str]) -> None:
+        """Refill consent flags from the database (the truth) at start-up."""
+        for user_key in user_keys:
+            await self.deny(user_key)
 
     async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
         _, answer_key = self._keys(device_id, ping_key)
@@ -101,36 +151,25 @@ class RedisStateStore:
             raise StateUnavailable(str(exc)) from exc
         return None if raw is None else (raw if isinstance(raw, bytes) else raw.encode())
 
-    async def link_user(self, user_key: str, device_id: str) -> None:
-        key = f"{self._prefix}:{{u:{user_key}}}:devices"
-        try:
-            await self._r.sadd(key, device_id)
-            await self._r.pexpire(key, self._state_ttl_ms)
-        except RedisError as exc:
-            raise StateUnavailable(str(exc)) from exc
-
     async def devices_of(self, user_key: str) -> set[str]:
-        key = f"{self._prefix}:{{u:{user_key}}}:devices"
+        """The devices linked to a user (for erasure); the link is dropped."""
         try:
-            members = await self._r.smembers(key)
-            await self._r.delete(key)
+            devices = await self._linked(user_key)
+            await self._r.delete(self._user_key(user_key, "devices"))
         except RedisError as exc:
             raise StateUnavailable(str(exc)) from exc
-        return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+        return devices - {user_key}
 
     async def forget(self, device_id: str) -> None:
-        """Drop a device's state and remembered answers (consent withdrawn, erasure)."""
+        """Drop a device's state and remembered answers (consent withdrawn, erasure); the
+        consent flag stays. Scans for the answers: meant for rare calls, not the ping path."""
         tag = f"{self._prefix}:{{d:{device_id}}}"
+        pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in tag)
         try:
-            keys = [k async for k in self._r.scan_iter(match=f"{tag}:*", count=1000)]
-            if keys:
-                await self._r.delete(*keys)
+            keys = [k async for k in self._r.scan_iter(match=f"{pattern}:ping:*", count=1000)]
+            await self._r.delete(f"{tag}:state", *keys)
         except RedisError as exc:
             raise StateUnavailable(str(exc)) from exc
-
-    @property
-    def client(self) -> aioredis.Redis:
-        return self._r
 
     async def ready(self) -> bool:
         try:

@@ -26,10 +26,11 @@ async def patch_user(
     attrs = await anyio.to_thread.run_sync(
         lambda: service.patch_attributes(engine, user_id, patch.root)
     )
+    store = request.app.state.state_store
     if patch.root.get("location_consent") is False:
-        await request.app.state.consent.deny(user_id)
-    elif patch.root.get("location_consent") is True or "location_consent" in patch.root:
-        await request.app.state.consent.allow(user_id)
+        await store.deny(user_id)
+    elif "location_consent" in patch.root:  # true, or removed (absent means granted)
+        await store.allow(user_id)
     return {"user_id": user_id, "attributes": attrs}
 
 
@@ -56,7 +57,7 @@ async def delete_user(user_id: UserId, request: Request, _: AdminKey) -> Respons
     for device_id in {*devices, *linked, user_id}:
         await state.state_store.forget(device_id)
     await state.cap_store.forget_user(user_id)
-    await state.consent.allow(user_id)
+    await state.state_store.allow(user_id)
     if not any(counts.values()) and not linked:
         raise NotFound(f"no data held for user {user_id!r}")
     return Response(

@@ -411,3 +411,24 @@ def test_dwell_campaign_fires_once_when_its_dwell_is_reached(any_api: Api) -> No
     fired = at(130)
     assert fired["reason"] == "offer_issued" and fired["offer"]["campaign_id"] == "linger"
     assert at(180)["reason"] == "no_trigger", "once per visit"
+
+
+def test_consent_withdrawn_mid_visit_drops_the_state(any_api: Api) -> None:
+    setup(any_api, "campaigns:\n" + campaign())
+    first = ping(any_api, user="walker", device="walker-phone")
+    assert [e["type"] for e in first["events"]] == ["enter"]
+    any_api.client.patch(
+        "/v1/users/walker", json={"location_consent": False}, headers=any_api.server
+    )
+    denied = ping(any_api, user="walker", device="walker-phone")
+    assert denied["reason"] == "consent_denied" and denied["events"] == []
+    if any_api.settings.redis_url:
+        import redis
+
+        with redis.Redis.from_url(any_api.settings.redis_url) as rc:
+            assert rc.get(f"{any_api.settings.redis_prefix}:{{d:walker-phone}}:state") is None
+    any_api.client.patch(
+        "/v1/users/walker", json={"location_consent": True}, headers=any_api.server
+    )
+    again = ping(any_api, user="walker", device="walker-phone")
+    assert [e["type"] for e in again["events"]] == ["enter"], "the old visit was forgotten"
