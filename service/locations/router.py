@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -16,20 +16,31 @@ from service.locations.service import PingContext, check_not_future, process_pin
 from service.observability import check_device_rate
 
 router = APIRouter(prefix="/v1/locations", tags=["locations"])
-SdkKey = Annotated[Role, Depends(require(Role.sdk))]
+# The hot path: called directly rather than through Depends(), whose per-request solving
+# cost ~200 us here (profiled); the OpenAPI document still describes key and parameters.
+_sdk_key = require(Role.sdk)
 M = TypeVar("M", bound=BaseModel)
+_EXPLAIN = {
+    "name": "explain",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": "Admin keys only: also list every campaign's reason code.",
+}
 
 
 def _ctx(request: Request) -> PingContext:
     return request.app.state.ping_context  # type: ignore[no-any-return]
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+def _openapi(model: type[BaseModel], *parameters: dict[str, Any]) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
+        },
+        "parameters": list(parameters),
+        "security": [{"bearer": []}],
     }
 
 
@@ -49,10 +60,12 @@ async def _parse(request: Request, model: type[M]) -> M:
     "",
     response_model=PingOut,
     summary="Process one location ping",
-    openapi_extra=_body_schema(PingIn),
+    openapi_extra=_openapi(PingIn, _EXPLAIN),
 )
-async def post_location(request: Request, role: SdkKey, explain: bool = False) -> Response:
+async def post_location(request: Request) -> Response:
     """With ``explain=true`` (admin keys only) the answer also lists every campaign's reason."""
+    role = await _sdk_key(request)
+    explain = request.query_params.get("explain", "").lower() in ("1", "true", "yes", "on")
     if explain and role is not Role.admin:
         raise Forbidden("explain=true needs an admin key")
     ping = await _parse(request, PingIn)
@@ -67,10 +80,11 @@ async def post_location(request: Request, role: SdkKey, explain: bool = False) -
     "/batch",
     response_model=PingBatchOut,
     summary="Process buffered pings of one device",
-    openapi_extra=_body_schema(PingBatchIn),
+    openapi_extra=_openapi(PingBatchIn),
 )
-async def post_batch(request: Request, _: SdkKey) -> Response:
+async def post_batch(request: Request) -> Response:
     """Pings of one device, processed in timestamp order; results come in request order."""
+    await _sdk_key(request)
     batch = await _parse(request, PingBatchIn)
     check_device_rate(request.app.state, batch.pings[0].device_id)  # one request, one token
     ctx = _ctx(request)

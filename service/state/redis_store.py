@@ -1,7 +1,14 @@
 """Device state in Redis: one compare-and-set Lua script per ping, Cluster-safe keys.
 
-Both keys of a device share the hash tag ``{d:<device_id>}``, so they live in one slot and
-the script may touch both on Redis Cluster.
+Every key of a device (state, remembered answers, consent flag) shares the hash tag
+``{d:<device_id>}``, so one script may touch them all on Redis Cluster.
+
+The ping path costs one round trip in the steady state: the step is computed from this
+replica's last known copy of the device's state and sent as a compare-and-set; only when
+Redis holds something else (another replica moved the device on, or this replica never saw
+it) does the script hand back the current state for a second attempt. The copy is a cache
+of exact bytes, never trusted for a decision without the compare: correctness does not
+depend on it, only speed.
 """
 
 from __future__ import annotations
@@ -16,19 +23,23 @@ from redis.exceptions import RedisError
 
 from service.state.base import StateUnavailable, Step
 
-# KEYS: state, answer. ARGV: expected state ('' = none), new state ('' = keep),
-# state ttl ms, answer, answer ttl s.  Returns {0, first answer} | {1} conflict | {2} stored.
+# KEYS: state, answer, consent flag. ARGV: expected state ('' = none), new state ('' =
+# keep), state ttl ms, answer, answer ttl s.
+# Returns {3} consent withdrawn | {0, first answer} | {1, current state or ''} | {2} stored.
 _CAS = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {3} end
 local first = redis.call('GET', KEYS[2])
 if first then return {0, first} end
 local cur = redis.call('GET', KEYS[1])
-if (cur or '') ~= ARGV[1] then return {1} end
+if (cur or '') ~= ARGV[1] then return {1, cur or ''} end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
 return {2}
 """
 
 MAX_ATTEMPTS = 50
+#: Devices whose last state this replica remembers (bytes, for the compare-and-set).
+CACHE_MAX = 200_000
 
 
 class RedisStateStore:
@@ -40,6 +51,7 @@ class RedisStateStore:
         self._state_ttl_ms = int(state_ttl_s * 1000)
         self._answer_ttl_s = answer_ttl_s
         self._cas = client.register_script(_CAS)
+        self._known: dict[str, bytes] = {}
 
     @classmethod
     def from_url(
@@ -75,39 +87,57 @@ class RedisStateStore:
     ) -> bytes | None:
         state_key, answer_key = self._keys(device_id, ping_key)
         denied_key = self._device_denied(device_id)
+        known = self._known.get(device_id, b"")
         try:
-            for attempt in range(MAX_ATTEMPTS):
-                # One round trip for the retry answer, the state and the consent flag: all
-                # three live in the device's slot.
-                raw_state, first, denied = await self._r.mget(state_key, answer_key, denied_key)
-                if denied is not None:
-                    return None
-                if first is not None:
-                    return first if isinstance(first, bytes) else first.encode()
-                if raw_state is None and user_key is not None and attempt == 0:
-                    # A device starting a visit history: check its user's consent once, and
-                    # link it to the user so consent changes and erasure can reach it.
-                    if await self._r.exists(self._user_key(user_key, "no_consent")):
-                        await self._r.set(denied_key, b"1")
-                        return None
-                    if user_key != device_id:
-                        devices = self._user_key(user_key, "devices")
-                        await self._r.sadd(devices, device_id)
-                        await self._r.pexpire(devices, self._state_ttl_ms)
-                current: dict[str, Any] | None = orjson.loads(raw_state) if raw_state else None
+            for _ in range(MAX_ATTEMPTS):
+                current: dict[str, Any] | None = orjson.loads(known) if known else None
                 new_state, body = step(current)
                 new_raw = orjson.dumps(new_state) if new_state is not None else b""
                 res = await self._cas(
-                    keys=[state_key, answer_key],
-                    args=[raw_state or b"", new_raw, self._state_ttl_ms, body, self._answer_ttl_s],
+                    keys=[state_key, answer_key, denied_key],
+                    args=[known, new_raw, self._state_ttl_ms, body, self._answer_ttl_s],
                 )
+                if res[0] == 3:
+                    self._known.pop(device_id, None)
+                    return None
                 if res[0] == 0:
                     return bytes(res[1])
-                if res[0] == 2:
-                    return body
+                if res[0] == 1:  # Redis holds another state: retry from it
+                    known = bytes(res[1])
+                    self._remember(device_id, known)
+                    continue
+                self._remember(device_id, new_raw or known)
+                # A ping that started the device's state: check its user's consent once, and
+                # link it to the user so consent changes and erasure reach it.
+                if (
+                    user_key is not None
+                    and not known
+                    and new_raw
+                    and not await self._admit(user_key, device_id, state_key, answer_key)
+                ):
+                    return None
+                return body
         except RedisError as exc:
             raise StateUnavailable(str(exc)) from exc
         raise StateUnavailable(f"device {device_id!r} kept changing under {MAX_ATTEMPTS} attempts")
+
+    def _remember(self, device_id: str, raw: bytes) -> None:
+        if len(self._known) >= CACHE_MAX and device_id not in self._known:
+            self._known.pop(next(iter(self._known)))  # oldest inserted: a cheap bound
+        self._known[device_id] = raw
+
+    async def _admit(self, user_key: str, device_id: str, state_key: str, answer_key: str) -> bool:
+        if await self._r.exists(self._user_key(user_key, "no_consent")):
+            # Consent was withdrawn: undo what this ping stored, and flag the device.
+            await self._r.delete(state_key, answer_key)
+            await self._r.set(self._device_denied(device_id), b"1")
+            self._known.pop(device_id, None)
+            return False
+        if user_key != device_id:
+            devices = self._user_key(user_key, "devices")
+            await self._r.sadd(devices, device_id)
+            await self._r.pexpire(devices, self._state_ttl_ms)
+        return True
 
     async def _linked(self, user_key: str) -> set[str]:
         members = await self._r.smembers(self._user_key(user_key, "devices"))
@@ -163,6 +193,7 @@ class RedisStateStore:
     async def forget(self, device_id: str) -> None:
         """Drop a device's state and remembered answers (consent withdrawn, erasure); the
         consent flag stays. Scans for the answers: meant for rare calls, not the ping path."""
+        self._known.pop(device_id, None)
         tag = f"{self._prefix}:{{d:{device_id}}}"
         pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in tag)
         try:
