@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.responses import ORJSONResponse
@@ -112,6 +113,16 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, "http_error"
         )
         return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_: Request, exc: OperationalError) -> ORJSONResponse:
+        # The database is unreachable (not a bug in a query): say so, and let clients retry.
+        log.warning("database unavailable: %s", type(exc.orig).__name__)
+        return ORJSONResponse(
+            error_body("unavailable", "the database is unavailable; retry shortly"),
+            503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
