@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
@@ -24,6 +23,7 @@ from service.campaigns.spec import (
 )
 from service.db import versions
 from service.errors import InvalidFile, NotFound
+from service.timeutil import aware_or_none
 
 log = logging.getLogger("geo_offers.campaigns")
 
@@ -90,13 +90,9 @@ def _public(row: Any) -> dict[str, Any]:
         "name": row.name,
         "status": row.status,
         "campaign": row.doc,
-        "created_at": _utc(row.created_at),
-        "updated_at": _utc(row.updated_at),
+        "created_at": aware_or_none(row.created_at),
+        "updated_at": aware_or_none(row.updated_at),
     }
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def list_campaigns(engine: Engine) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal
 
 import anyio.to_thread
@@ -17,6 +16,7 @@ from geofences.index import FenceIndex
 from geofences.parsing import FileError, RowError, iter_fences
 from service.errors import InvalidFile, NotFound
 from service.fences import repository as repo
+from service.timeutil import aware_or_none
 
 log = logging.getLogger("geo_offers.fences")
 
@@ -135,11 +135,6 @@ def import_fences(
     return result
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite's CURRENT_TIMESTAMP is UTC without an offset; say so in the answer.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 def fence_public(row: Any, distance_m: float | None = None) -> dict[str, Any]:
     out = {
         "store_id": row.store_id,
@@ -153,8 +148,8 @@ def fence_public(row: Any, distance_m: float | None = None) -> dict[str, Any]:
         "timezone": row.timezone,
         "address": row.address,
         "extra": row.extra or {},
-        "created_at": _utc(row.created_at),
-        "updated_at": _utc(row.updated_at),
+        "created_at": aware_or_none(row.created_at),
+        "updated_at": aware_or_none(row.updated_at),
     }
     if distance_m is not None:
         out["distance_m"] = round(distance_m, 3)

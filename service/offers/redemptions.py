@@ -15,19 +15,12 @@ from sqlalchemy import Engine
 
 from service.errors import Conflict, DomainError, InvalidInput, NotFound
 from service.offers import repository as repo
+from service.timeutil import aware, iso_z
 
 
 class Gone(DomainError):
     status_code = 410
     code = "expired"
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _iso(value: datetime) -> str:
-    return _aware(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def redeem(
@@ -67,27 +60,27 @@ def redeem(
             if not offers:
                 raise NotFound("this shared code was not issued to this user")
             open_offers = [o for o in offers if repo.redemption_of(conn, o.offer_id) is None]
-            offers = sorted(open_offers or offers, key=lambda o: _aware(o.issued_at))
+            offers = sorted(open_offers or offers, key=lambda o: aware(o.issued_at))
         offer = offers[0]
         done = repo.redemption_of(conn, offer.offer_id)
         if done is not None:
             raise Conflict(
-                f"coupon already redeemed at {_iso(done.redeemed_at)}",
+                f"coupon already redeemed at {iso_z(done.redeemed_at)}",
                 [
                     {
                         "field": "coupon_code",
                         "reason": "already_redeemed",
-                        "redeemed_at": _iso(done.redeemed_at),
+                        "redeemed_at": iso_z(done.redeemed_at),
                     }
                 ],
             )
-        if _aware(offer.expires_at) <= now:
-            raise Gone(f"coupon expired at {_iso(offer.expires_at)}")
+        if aware(offer.expires_at) <= now:
+            raise Gone(f"coupon expired at {iso_z(offer.expires_at)}")
         response = {
             "offer_id": offer.offer_id,
             "campaign_id": offer.campaign_id,
             "coupon_code": code,
-            "redeemed_at": _iso(now),
+            "redeemed_at": iso_z(now),
             "store_id": store_id,
             "amount": amount,
         }
@@ -110,7 +103,7 @@ def redeem(
                     if replay is not None and replay.coupon_code == code:
                         return dict(replay.response)
                 done = repo.redemption_of(again, offer.offer_id)
-            at = _iso(done.redeemed_at) if done is not None else "just now"
+            at = iso_z(done.redeemed_at) if done is not None else "just now"
             raise Conflict(
                 f"coupon already redeemed at {at}",
                 [{"field": "coupon_code", "reason": "already_redeemed", "redeemed_at": at}],

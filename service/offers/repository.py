@@ -9,6 +9,7 @@ from sqlalchemy import Connection, Table, and_, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.models import ExposureRow, OfferRow, RedemptionRow, UserEventRow
+from service.timeutil import aware
 
 OFFERS: Table = OfferRow.__table__  # type: ignore[assignment]
 EXPOSURES: Table = ExposureRow.__table__  # type: ignore[assignment]
@@ -110,18 +111,12 @@ def report_counts(
                 EVENTS.c.occurred_at >= EXPOSURES.c.first_exposed_at,
             )
         ).all()
-        first = {u: (arm, _aware(at)) for u, arm, at in exposed}
+        first = {u: (arm, aware(at)) for u, arm, at in exposed}
         converted: set[str] = set()
         for user, at in rows:
             arm, start = first[user]
-            if start <= _aware(at) <= start + attribution:
+            if start <= aware(at) <= start + attribution:
                 converted.add(user)
         for user in converted:
             arms[first[user][0]]["converted"] += 1
     return arms
-
-
-def _aware(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
