@@ -6,7 +6,18 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, Table, delete, func, literal, select, type_coerce, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    delete,
+    func,
+    literal,
+    select,
+    type_coerce,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.models import ExposureRow, OfferRow, UserEventRow, UserRow
@@ -72,26 +83,20 @@ def add_event(conn: Connection, event: dict[str, Any]) -> bool:
 
 
 def recent_events(conn: Connection, user_id: str, since: datetime) -> list[tuple[str, datetime]]:
-    """Events since ``since`` plus the latest of each type before it (for "days since")."""
-    recent = conn.execute(
-        select(EVENTS.c.type, EVENTS.c.occurred_at)
-        .where(EVENTS.c.user_id == user_id, EVENTS.c.occurred_at >= since)
-        .order_by(EVENTS.c.occurred_at)
-    ).all()
-    latest = conn.execute(
+    """Events since ``since``, the latest of each type before it (for "days since"), and the
+    first signup: one statement, as it runs on every offer decision."""
+    mine = EVENTS.c.user_id == user_id
+    recent = select(EVENTS.c.type, EVENTS.c.occurred_at).where(mine, EVENTS.c.occurred_at >= since)
+    latest = (
         select(EVENTS.c.type, func.max(EVENTS.c.occurred_at))
-        .where(EVENTS.c.user_id == user_id, EVENTS.c.occurred_at < since)
+        .where(mine, EVENTS.c.occurred_at < since)
         .group_by(EVENTS.c.type)
-    ).all()
-    earliest_signup = conn.execute(
-        select(func.min(EVENTS.c.occurred_at)).where(
-            EVENTS.c.user_id == user_id, EVENTS.c.type == "signup"
-        )
-    ).scalar()
-    out = [(t, at) for t, at in latest] + [(t, at) for t, at in recent]
-    if earliest_signup is not None:
-        out.append(("signup", earliest_signup))
-    return out
+    )
+    signup = select(literal("signup"), func.min(EVENTS.c.occurred_at)).where(
+        mine, EVENTS.c.type == "signup"
+    )
+    rows = conn.execute(union_all(recent, latest, signup)).all()
+    return [(t, at) for t, at in rows if at is not None]
 
 
 def erase(conn: Connection, user_id: str, pseudonym: str) -> dict[str, int]:
