@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,7 @@ def record_to_row(rec: FenceRecord) -> dict[str, Any]:
         "tags": list(rec.tags),
         "timezone": rec.timezone,
         "address": rec.address,
-        "extra": rec.extra,
+        "extra": dict(rec.extra),
     }
     digest = orjson.dumps(
         [row[k] for k in ("name", "kind", "lat", "lng", "radius_m", "geometry_json", "tags",
@@ -202,8 +203,9 @@ def iter_records(conn: Connection, chunk: int = 5000) -> Iterator[FenceRecord]:
             lng=r.lng,
             radius_m=r.radius_m,
             geometry=orjson.loads(r.geometry_json) if r.geometry_json else None,
-            tags=tuple(r.tags or ()),
-            timezone=r.timezone,
+            # A million rows repeat a few dozen zones and tags: share one string each.
+            tags=tuple(sys.intern(t) for t in r.tags or ()),
+            timezone=sys.intern(r.timezone),
         )
 
 
