@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,10 +129,6 @@ def delete_missing(conn: Connection, keep: set[str], batch: int = 1000) -> int:
     return deleted
 
 
-def count(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(T)).scalar_one())
-
-
 # --- reads ----------------------------------------------------------------------------
 
 
@@ -207,14 +203,3 @@ def iter_records(conn: Connection, chunk: int = 5000) -> Iterator[FenceRecord]:
             tags=tuple(sys.intern(t) for t in r.tags or ()),
             timezone=sys.intern(r.timezone),
         )
-
-
-def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
