@@ -209,22 +209,34 @@ def test_distance_in_events_is_the_sphere_distance(any_api: Api) -> None:
     assert e["distance_m"] == round(sphere_distance_m(*CENTER, lat, lng), 2)
 
 
-def test_a_flooding_device_gets_429(any_api: Api) -> None:
-    statuses = []
-    for i in range(25):  # default burst 20, then 5/s
-        body = {
-            "device_id": "flood",
+def test_a_flooding_device_gets_429(tmp_path: Any) -> None:
+    # A slow refill (one ping per 100 s after a burst of 5) so a loaded CI machine cannot
+    # refill the bucket between requests and hide the 429.
+    settings = Settings(data_dir=tmp_path / "d", device_rate_per_s=0.01, device_burst=5)
+    for any_api in _make_api(settings):
+        statuses = []
+        for i in range(8):
+            body = {
+                "device_id": "flood",
+                "lat": 1.0,
+                "lng": 1.0,
+                "accuracy_m": 5,
+                "timestamp": iso(ago(30 - i)),
+            }
+            statuses.append(any_api.client.post("/v1/locations", json=body, headers=any_api.sdk))
+        other = {
+            "device_id": "calm",
             "lat": 1.0,
             "lng": 1.0,
             "accuracy_m": 5,
-            "timestamp": iso(ago(30 - i)),
+            "timestamp": iso(ago(1)),
         }
-        statuses.append(any_api.client.post("/v1/locations", json=body, headers=any_api.sdk))
+        assert (
+            any_api.client.post("/v1/locations", json=other, headers=any_api.sdk).status_code == 200
+        )
     codes = [r.status_code for r in statuses]
-    assert codes[:20] == [200] * 20 and 429 in codes[20:]
-    first_429 = next(r for r in statuses if r.status_code == 429)
+    assert codes == [200] * 5 + [429] * 3, codes
+    first_429 = statuses[5]
     assert int(first_429.headers["Retry-After"]) >= 1
     limited = first_429.json()["error"]
     assert limited["code"] == "too_many_requests" and "Retry-After" in limited["message"]
-    other = {"device_id": "calm", "lat": 1.0, "lng": 1.0, "accuracy_m": 5, "timestamp": iso(ago(1))}
-    assert any_api.client.post("/v1/locations", json=other, headers=any_api.sdk).status_code == 200
