@@ -35,7 +35,26 @@ def default_exit_margin_m(radius_m: float) -> float:
     return max(MIN_EXIT_MARGIN_M, EXIT_MARGIN_SHARE * radius_m)
 
 
-class CircleFence:
+class _FromRecord:
+    """What both fence kinds read from their record (kept there, not copied, to save memory)."""
+
+    __slots__ = ()
+    record: FenceRecord
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return self.record.tags
+
+    @property
+    def timezone(self) -> str:
+        return self.record.timezone
+
+
+class CircleFence(_FromRecord):
     """A store point with a radius; inside means within ``radius_m`` on PostGIS's sphere.
 
     Examples
@@ -56,18 +75,6 @@ class CircleFence:
         self.lat = record.lat
         self.lng = record.lng
         self.radius_m: float = record.radius_m
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @property
-    def tags(self) -> tuple[str, ...]:
-        return self.record.tags
-
-    @property
-    def timezone(self) -> str:
-        return self.record.timezone
 
     def covers(self, lat: float, lng: float) -> bool:
         """True when the ping is inside, boundary included (exactly PostGIS sphere ST_DWithin)."""
@@ -96,7 +103,7 @@ class CircleFence:
         return f"CircleFence({self.store_id!r}, {self.lat}, {self.lng}, r={self.radius_m})"
 
 
-class PolygonFence:
+class PolygonFence(_FromRecord):
     """A Polygon/MultiPolygon drawn in the lng/lat plane; inside means covered (edge included).
 
     Examples
@@ -123,18 +130,6 @@ class PolygonFence:
         shapely.prepare(geom)
         self.geom = geom
         self._equivalent_radius_m: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @property
-    def tags(self) -> tuple[str, ...]:
-        return self.record.tags
-
-    @property
-    def timezone(self) -> str:
-        return self.record.timezone
 
     def covers(self, lat: float, lng: float) -> bool:
         """True when the ping is in the polygon or on its boundary (PostGIS ST_Covers, 4326)."""

@@ -84,6 +84,25 @@ CAMPAIGN = b"""campaigns:
 """
 
 
+def _setup(api: Api) -> None:
+    """One store, one campaign that offers on every enter, and a first offer to prove it."""
+    stores = b"store_id,name,lat,lng\nf-1,Cafe,48.8593,2.3618\n"
+    h = api.admin
+    assert (
+        api.client.post(
+            "/v1/geofences/import", files={"file": ("s.csv", stores)}, headers=h
+        ).status_code
+        == 200
+    )
+    assert (
+        api.client.post(
+            "/v1/campaigns/import", files={"file": ("c.yaml", CAMPAIGN)}, headers=h
+        ).status_code
+        == 200
+    )
+    assert _ping(api, "before")["reason"] == "offer_issued"
+
+
 def _ping(api: Api, device: str) -> dict:
     body = {
         "device_id": device,
@@ -105,22 +124,8 @@ def test_redis_stopped_and_restarted_under_traffic(
         database_url=migrated_postgis, redis_url=own_redis.url, redis_prefix="faults"
     )
     for api in _make_api(settings):
-        c, h = api.client, api.admin
-        assert (
-            c.post(
-                "/v1/geofences/import",
-                files={"file": ("s.csv", b"store_id,name,lat,lng\nf-1,Cafe,48.8593,2.3618\n")},
-                headers=h,
-            ).status_code
-            == 200
-        )
-        assert (
-            c.post(
-                "/v1/campaigns/import", files={"file": ("c.yaml", CAMPAIGN)}, headers=h
-            ).status_code
-            == 200
-        )
-        assert _ping(api, "before")["reason"] == "offer_issued"
+        c = api.client
+        _setup(api)
 
         own_redis.stop()
         during = [_ping(api, f"during-{i}") for i in range(5)]
@@ -218,21 +223,7 @@ def test_database_down_pings_keep_matching_and_offers_fail_closed(
     )
     for api in _make_api(settings):
         c, h = api.client, api.admin
-        assert (
-            c.post(
-                "/v1/geofences/import",
-                files={"file": ("s.csv", b"store_id,name,lat,lng\np-1,Cafe,48.8593,2.3618\n")},
-                headers=h,
-            ).status_code
-            == 200
-        )
-        assert (
-            c.post(
-                "/v1/campaigns/import", files={"file": ("c.yaml", CAMPAIGN)}, headers=h
-            ).status_code
-            == 200
-        )
-        assert _ping(api, "before")["reason"] == "offer_issued"
+        _setup(api)
 
         own_postgres.stop()
         during = _ping(api, "during")
