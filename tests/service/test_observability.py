@@ -79,7 +79,7 @@ def test_metrics_label_requests_by_route_template(api: Api) -> None:
     assert m.headers["content-type"].startswith("text/plain")
     text = m.text
     # No id in any label (numbers elsewhere, e.g. a start time, may contain these digits).
-    labels = re.findall(r'\{([^}]*)\}', text)
+    labels = re.findall(r"\{([^}]*)\}", text)
     assert not [lab for lab in labels if "4711" in lab or "s-001" in lab], labels
     assert (
         f'{DURATION}_bucket{{le="0.0005",method="GET",route="/v1/geofences/{{store_id}}",status="2xx"}}'
