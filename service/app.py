@@ -22,6 +22,7 @@ from service.db.migrate import upgrade
 from service.errors import install_error_handlers
 from service.fences.router import router as fences_router
 from service.fences.service import IndexHolder
+from service.locations.router import PingLane
 from service.locations.router import router as locations_router
 from service.locations.service import PingContext
 from service.observability import install_observability
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(PingLane)  # added first, so it runs inside the observability layers
     install_observability(app, settings)
     app.include_router(locations_router)
     app.include_router(fences_router)

@@ -115,22 +115,32 @@ class KeyCache:
         return role
 
 
+async def check_key(keys: KeyCache, header: str, allowed: frozenset[Role]) -> Role:
+    """The role of the key in an ``Authorization`` header value, if it is one of ``allowed``;
+    else :class:`Unauthorized` or :class:`Forbidden`."""
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    role = await keys.role_of(key.strip())
+    if role is None:
+        raise Unauthorized("unknown or revoked API key")
+    if role not in allowed:
+        need = " or ".join(sorted(r.value for r in allowed))
+        raise Forbidden(f"this route needs a {need} key; this key has role {role.value}")
+    return role
+
+
+def allowing(*roles: Role) -> frozenset[Role]:
+    """``roles`` and admin (admin keys pass everywhere)."""
+    return frozenset({*roles, Role.admin})
+
+
 def require(*roles: Role) -> Callable[[Request], Awaitable[Role]]:
     """Dependency: the request carries a key of one of ``roles`` (admin passes everywhere)."""
-    allowed = {*roles, Role.admin}
+    allowed = allowing(*roles)
 
     async def _check(request: Request) -> Role:
         header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        keys: KeyCache = request.app.state.keys
-        role = await keys.role_of(key.strip())
-        if role is None:
-            raise Unauthorized("unknown or revoked API key")
-        if role not in allowed:
-            need = " or ".join(sorted(r.value for r in allowed))
-            raise Forbidden(f"this route needs a {need} key; this key has role {role.value}")
-        return role
+        return await check_key(request.app.state.keys, header, allowed)
 
     return _check

@@ -90,22 +90,45 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     return details
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(DomainError)
-    async def _domain(_: Request, exc: DomainError) -> ORJSONResponse:
+def error_response(exc: Exception) -> ORJSONResponse | None:
+    """The answer to an expected error (domain, validation, database down); ``None`` for
+    anything else, which is a bug. Shared by the exception handlers and the ping lane."""
+    if isinstance(exc, DomainError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
         headers.update(exc.headers)
         return ORJSONResponse(
             error_body(exc.code, exc.message, exc.details), exc.status_code, headers=headers
         )
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    if isinstance(exc, RequestValidationError):
         details = _validation_details(exc)
         summary = "; ".join(f"{d['field']}: {d['reason']}" for d in details[:5])
         return ORJSONResponse(
             error_body("invalid_input", f"invalid request: {summary}", details), 422
         )
+    if isinstance(exc, OperationalError):
+        # The database is unreachable (not a bug in a query): say so, and let clients retry.
+        log.warning("database unavailable: %s", type(exc.orig).__name__)
+        return ORJSONResponse(
+            error_body("unavailable", "the database is unavailable; retry shortly"),
+            503,
+            headers={"Retry-After": "5"},
+        )
+    return None
+
+
+def unexpected_response() -> ORJSONResponse:
+    log.exception("unhandled error")
+    return ORJSONResponse(error_body("internal_error", "internal error (a bug)"), 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def _expected(_: Request, exc: Exception) -> ORJSONResponse:
+        response = error_response(exc)
+        assert response is not None, "registered for expected errors only"
+        return response
+
+    for kind in (DomainError, RequestValidationError, OperationalError):
+        app.add_exception_handler(kind, _expected)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
@@ -114,17 +137,6 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code)
 
-    @app.exception_handler(OperationalError)
-    async def _database_down(_: Request, exc: OperationalError) -> ORJSONResponse:
-        # The database is unreachable (not a bug in a query): say so, and let clients retry.
-        log.warning("database unavailable: %s", type(exc.orig).__name__)
-        return ORJSONResponse(
-            error_body("unavailable", "the database is unavailable; retry shortly"),
-            503,
-            headers={"Retry-After": "5"},
-        )
-
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
-        log.exception("unhandled error")
-        return ORJSONResponse(error_body("internal_error", "internal error (a bug)"), 500)
+        return unexpected_response()

@@ -14,6 +14,7 @@ depend on it, only speed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from service.state.base import StateUnavailable, Step
+from service.state.resp import LeanRedis, lean_client_supported
 
 # KEYS: state, answer, consent flag. ARGV: expected state ('' = none), new state ('' =
 # keep), state ttl ms, answer, answer ttl s.
@@ -36,6 +38,7 @@ if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
 return {2}
 """
+_CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()
 
 MAX_ATTEMPTS = 50
 #: Devices whose last state this replica remembers (bytes, for the compare-and-set).
@@ -44,13 +47,22 @@ CACHE_MAX = 200_000
 
 class RedisStateStore:
     def __init__(
-        self, client: aioredis.Redis, prefix: str, state_ttl_s: float, answer_ttl_s: int
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        state_ttl_s: float,
+        answer_ttl_s: int,
+        lean: LeanRedis | None = None,
     ) -> None:
+        """``lean``, when given, carries the ping path's commands (the compare-and-set and
+        the first-ping consent check); ``client`` (redis-py) carries everything else."""
         self._r = client
+        self._lean = lean
         self._prefix = prefix
         self._state_ttl_ms = int(state_ttl_s * 1000)
         self._answer_ttl_s = answer_ttl_s
-        self._cas = client.register_script(_CAS)
+        self._cas_script = _CAS.encode()
+        self._cas = client.register_script(_CAS)  # redis-py's EVALSHA with a NOSCRIPT retry
         self._known: dict[str, bytes] = {}
 
     @classmethod
@@ -64,7 +76,13 @@ class RedisStateStore:
             client = aioredis.Redis.from_url(
                 url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
             )
-        return cls(client, prefix, state_ttl_s, answer_ttl_s)
+        lean = LeanRedis(url) if lean_client_supported(url, cluster) else None
+        return cls(client, prefix, state_ttl_s, answer_ttl_s, lean)
+
+    async def _script(self, keys: list[Any], args: list[Any]) -> Any:
+        if self._lean is not None:
+            return await self._lean.evalsha(_CAS_SHA, self._cas_script, keys, args)
+        return await self._cas(keys=keys, args=args)
 
     async def start(self) -> None:
         """Initialise a cluster client once, before concurrent use (redis-py asks for it)."""
@@ -93,9 +111,9 @@ class RedisStateStore:
                 current: dict[str, Any] | None = orjson.loads(known) if known else None
                 new_state, body = step(current)
                 new_raw = orjson.dumps(new_state) if new_state is not None else b""
-                res = await self._cas(
-                    keys=[state_key, answer_key, denied_key],
-                    args=[known, new_raw, self._state_ttl_ms, body, self._answer_ttl_s],
+                res = await self._script(
+                    [state_key, answer_key, denied_key],
+                    [known, new_raw, self._state_ttl_ms, body, self._answer_ttl_s],
                 )
                 if res[0] == 3:
                     self._known.pop(device_id, None)
@@ -127,7 +145,12 @@ class RedisStateStore:
         self._known[device_id] = raw
 
     async def _admit(self, user_key: str, device_id: str, state_key: str, answer_key: str) -> bool:
-        if await self._r.exists(self._user_key(user_key, "no_consent")):
+        no_consent = self._user_key(user_key, "no_consent")
+        if self._lean is not None:
+            denied = await self._lean.execute(b"EXISTS", no_consent)
+        else:
+            denied = await self._r.exists(no_consent)
+        if denied:
             # Consent was withdrawn: undo what this ping stored, and flag the device.
             await self._r.delete(state_key, answer_key)
             await self._r.set(self._device_denied(device_id), b"1")
@@ -209,4 +232,6 @@ class RedisStateStore:
             return False
 
     async def close(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._r.aclose()
