@@ -105,7 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await caps.close()
             engine.dispose()
 
+    otel = settings.opentelemetry
     app = FastAPI(
+        telemetry={"tracing": otel, "metrics": otel, "logs": otel},
         title="geo-offers",
         version="0.1.0",
         summary="Exact store geofences and proximity offers.",

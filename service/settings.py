@@ -67,6 +67,14 @@ class Settings(BaseSettings):
         default=None,
         description="An admin key to accept from start-up (containers); >= 32 random chars.",
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description=(
+            "FastAPI's native OpenTelemetry (traces, metrics and logs through the globally "
+            "configured providers). Off by default: /metrics already exports Prometheus "
+            "metrics, and looking the providers up costs CPU on every request (profiled)."
+        ),
+    )
     log_level: str = Field(
         default="INFO",
         pattern=r"(?i)^(debug|info|warning|error|critical)$",
