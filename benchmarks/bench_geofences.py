@@ -155,8 +155,10 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     print(
         f"{N_PINGS} pings per size; build timed without tracemalloc. Memory: rss = RSS delta of "
-        "the timed build (after gc); peak/kept = tracemalloc peak and retained bytes of a second "
-        "build; approx = FenceIndex.stats() estimate. FenceRecords are not counted."
+        "the timed build (after gc; the build ends with glibc malloc_trim, so freed temporaries "
+        "are not counted but everything the index holds is, GEOS polygons included); peak/kept = "
+        "tracemalloc peak and retained bytes of a second build (Python allocations only: not "
+        "GEOS); approx = FenceIndex.stats() estimate. FenceRecords are not counted."
     )
     head = (
         f"{'fences':>9} {'build s':>8} {'rss MB':>7} {'peak MB':>8} {'kept MB':>8} "
