@@ -17,6 +17,7 @@ from geofences.index import FenceIndex
 from geofences.parsing import FileError, RowError, iter_fences
 from service.errors import InvalidFile, NotFound
 from service.fences import repository as repo
+from service.fences.builder import build_index
 from service.timeutil import aware_or_none
 
 log = logging.getLogger("geo_offers.fences")
@@ -187,7 +188,8 @@ class IndexHolder:
     """The replica's current :class:`FenceIndex`, rebuilt off the event loop and swapped whole.
 
     Pings read ``holder.index`` (one attribute read, so always a complete index); a rebuild
-    builds a new index in a worker thread while the old one keeps serving.
+    builds a new index in a child process (:mod:`service.fences.builder`) while the old one
+    keeps serving.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -200,14 +202,14 @@ class IndexHolder:
     def version(self) -> int | None:
         return None if self.index is None else self.index.version
 
-    def _build(self) -> FenceIndex:
+    async def _build(self) -> FenceIndex:
         started = time.perf_counter()
-        with self._engine.connect() as conn:
-            version = repo.current_version(conn)
-            index = FenceIndex.build(repo.iter_records(conn), version=version)
+        # The first index is built before anything is served: here, in a thread. Rebuilds
+        # happen under load: in a child process, so pings keep the GIL.
+        index = await build_index(self._engine, in_child=self.index is not None)
         log.info(
             "index built",
-            extra={"event": "index_built", "version": version, "fences": len(index),
+            extra={"event": "index_built", "version": index.version, "fences": len(index),
                    "seconds": round(time.perf_counter() - started, 3)},
         )  # fmt: skip
         return index
@@ -223,7 +225,7 @@ class IndexHolder:
                 stored = await anyio.to_thread.run_sync(self._stored_version)
                 if stored == self.index.version:
                     return False
-            new = await anyio.to_thread.run_sync(self._build)
+            new = await self._build()
             if self.index is None or new.version >= self.index.version or force:
                 self.index = new
                 self.loaded_at = time.time()

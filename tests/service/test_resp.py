@@ -31,7 +31,7 @@ def test_commands_pipeline_and_errors(redis_url: str, redis_prefix: str) -> None
         assert await r.execute(b"EXISTS", key) == 1  # the connection survives an error reply
         # EVALSHA of a script Redis has not seen falls back to EVAL.
         script = b"return {1, ARGV[1], redis.call('EXISTS', KEYS[1])}"
-        sha = "0" * 39 + "7" # not this script's sha: Redis answers NOSCRIPT
+        sha = "0" * 39 + "7"  # not this script's sha: Redis answers NOSCRIPT
         assert await r.evalsha(sha, script, [key], [b"a"]) == [1, b"a", 1]
         await r.execute(b"DEL", key, f"{key}:n")
         await r.aclose()
