@@ -137,7 +137,6 @@ def bench(n: int, seed: int, trace: bool) -> dict[str, Any]:
         "approx_mb": stats["approx_bytes"] / 1e6,
         "entries_per_fence": stats["entries"] / n,
         "res": ",".join(map(str, stats["resolutions"])),
-        "lookup": stats["lookup"],
         "us_ping": us_ping,
         "matches": found,
         "hit_share": hit_pings / 5000,
@@ -162,7 +161,7 @@ def main() -> None:
     )
     head = (
         f"{'fences':>9} {'build s':>8} {'rss MB':>7} {'peak MB':>8} {'kept MB':>8} "
-        f"{'approx MB':>9} {'ent/fence':>9} {'res':>12} {'lookup':>12} {'us/ping':>8} "
+        f"{'approx MB':>9} {'ent/fence':>9} {'res':>12} {'us/ping':>8} "
         f"{'matches':>8} {'hit%':>5} | REF {'h3 us':>6} {'brute us':>8}"
     )
     print(head)
@@ -171,7 +170,7 @@ def main() -> None:
         print(
             f"{r['fences']:>9} {r['build_s']:>8.2f} {r['rss_mb']:>7.1f} {r['peak_mb']:>8.1f} "
             f"{r['kept_mb']:>8.1f} {r['approx_mb']:>9.1f} {r['entries_per_fence']:>9.2f} "
-            f"{r['res']:>12} {r['lookup']:>12} {r['us_ping']:>8.2f} {r['matches']:>8} "
+            f"{r['res']:>12} {r['us_ping']:>8.2f} {r['matches']:>8} "
             f"{100 * r['hit_share']:>5.1f} | REF {r['us_h3']:>6.2f} {r['us_brute']:>8.1f}",
             flush=True,
         )

@@ -1,8 +1,10 @@
 """In-memory fence index: H3 cells narrow the candidates, the exact fences decide.
 
 One table over all resolutions in use, stored as CSR arrays: sorted unique cell ids, row
-starts, and fence positions (int32). Small indexes look cells up in a dict (about 0.1 us);
-large ones bisect a sorted array('Q') (about 1.5 us) so that a million fences stay compact.
+starts, and fence positions (int32). Cells are found by bisecting the sorted array('Q')
+(about 1.5 us, 8 bytes a cell). A dict was 0.84 us faster per match at 100 k fences (9.31 vs
+10.15 us), but costs ~100 bytes a cell and building it held the GIL for tens of milliseconds
+at a time, a stall for pings while a rebuilt index is assembled (service/fences/builder.py).
 """
 
 from __future__ import annotations
@@ -22,10 +24,6 @@ from numpy.typing import NDArray
 from geofences.cover import circle_covers, polygon_covers
 from geofences.fences import CircleFence, Fence, PolygonFence, fence_from_record
 from geofences.model import FenceRecord
-
-#: Up to this many distinct cells the lookup is a Python dict (faster per ping, ~100 bytes
-#: a cell); above it, bisection of a sorted array("Q") (8 bytes a cell).
-DICT_MAX_CELLS: Final = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +51,6 @@ class FenceIndex:
         "_fences",
         "_keys",
         "_positions",
-        "_row_of",
         "_starts",
         "entries",
         "resolutions",
@@ -91,9 +88,6 @@ class FenceIndex:
         self.entries = n_entries
         res = (keys >> np.uint64(52)) & np.uint64(0xF)  # H3 bits 52-55 hold the resolution
         self.resolutions: tuple[int, ...] = tuple(int(r) for r in np.unique(res))
-        self._row_of: dict[int, int] | None = None
-        if len(keys) <= DICT_MAX_CELLS:
-            self._row_of = dict(zip(keys.tolist(), range(len(keys)), strict=True))
 
     @classmethod
     def build(cls, records: Iterable[FenceRecord], version: int = 0) -> FenceIndex:
@@ -179,10 +173,6 @@ class FenceIndex:
         """Table rows of the ping's cell at each resolution in use (cells with no fence skipped)."""
         # The cell of a finer resolution's parent is not always the cell of the point at the
         # coarser one, so ask H3 at every resolution.
-        row_of = self._row_of
-        if row_of is not None:
-            rows = [row_of.get(h3.latlng_to_cell(lat, lng, res)) for res in self.resolutions]
-            return [r for r in rows if r is not None]
         keys = self._keys
         n = len(keys)
         found = []
@@ -222,17 +212,13 @@ class FenceIndex:
 
     def stats(self) -> dict[str, Any]:
         """Sizes for logs and benchmarks; ``approx_bytes`` counts the index's own structures
-        (cell table, lookup dict, fence objects and id map), not the shared FenceRecords."""
+        (cell table, fence objects and id map), not the shared FenceRecords."""
         polygons = sum(1 for f in self._fences if isinstance(f, PolygonFence))
         table = (
             self._keys.itemsize * len(self._keys)
             + self._starts.itemsize * len(self._starts)
             + self._positions.itemsize * len(self._positions)
         )
-        lookup = 0
-        if self._row_of is not None:
-            # dict slots plus one int object per key (row ints above 256 are not shared).
-            lookup = sys.getsizeof(self._row_of) + 32 * len(self._row_of)
         fence_objs = sum(sys.getsizeof(f) for f in self._fences[:1000])
         fence_objs = fence_objs * len(self._fences) // max(1, min(1000, len(self._fences)))
         by_id = sys.getsizeof(self._by_id) + sys.getsizeof(self._fences)
@@ -243,8 +229,7 @@ class FenceIndex:
             "entries": self.entries,
             "cells": len(self._keys),
             "resolutions": list(self.resolutions),
-            "lookup": "dict" if self._row_of is not None else "sorted-array",
-            "approx_bytes": table + lookup + fence_objs + by_id,
+            "approx_bytes": table + fence_objs + by_id,
         }
 
 
