@@ -365,20 +365,35 @@ class RequestMiddleware:
             method = scope.get("method", "GET")
             method = method if method in _METHODS else "other"
             route = route_template(scope, self.templates if status != 404 else None)
-            REQUEST_DURATION.labels(method, route, f"{status // 100}xx").observe(elapsed)
-            access_log.info(
-                "%s %s %d",
-                method,
-                route,
-                status,
-                extra={
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            _duration(method, route, status // 100).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %d",
+                    method,
+                    route,
+                    status,
+                    extra={
+                        "method": method,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
             _request_id.reset(token)
+
+
+_DURATION_CHILDREN: dict[tuple[str, str, int], Any] = {}
+
+
+def _duration(method: str, route: str, status_class: int) -> Any:
+    """The histogram child of a label set, looked up once (``labels()`` takes a lock and
+    builds a tuple on every call). Bounded: methods, route templates and status classes."""
+    key = (method, route, status_class)
+    child = _DURATION_CHILDREN.get(key)
+    if child is None:
+        child = REQUEST_DURATION.labels(method, route, f"{status_class}xx")
+        _DURATION_CHILDREN[key] = child
+    return child
 
 
 UPLOAD_PATHS = frozenset({"/v1/geofences/import", "/v1/campaigns/import"})
@@ -410,9 +425,14 @@ class BodyLimitMiddleware:
             return
         limit = self.limit_for(scope)
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._reject(limit, scope, receive, send)
-            return
+        if declared is not None and declared.isdigit():
+            if int(declared) > limit:
+                await self._reject(limit, scope, receive, send)
+                return
+            if _header(scope, b"transfer-encoding") is None:
+                # The server frames the body by Content-Length: no more can arrive.
+                await self.app(scope, receive, send)
+                return
 
         received = 0
         exceeded = False

@@ -17,7 +17,7 @@ from geofences.index import FenceIndex
 from geofences.parsing import FileError, RowError, iter_fences
 from service.errors import InvalidFile, NotFound
 from service.fences import repository as repo
-from service.fences.builder import build_index
+from service.fences.builder import build_index, release_slowly
 from service.timeutil import aware_or_none
 
 log = logging.getLogger("geo_offers.fences")
@@ -225,8 +225,11 @@ class IndexHolder:
                 stored = await anyio.to_thread.run_sync(self._stored_version)
                 if stored == self.index.version:
                     return False
-            new = await self._build()
+            new: FenceIndex | None = await self._build()
+            assert new is not None
+            drop: list[FenceIndex | None] = []  # freed off the event loop, below
             if self.index is None or new.version >= self.index.version or force:
+                drop.append(self.index)
                 self.index = new
                 self.loaded_at = time.time()
                 # The index is millions of long-lived, acyclic objects: left to the cyclic GC,
@@ -234,4 +237,8 @@ class IndexHolder:
                 # p99 spike under load. Freezing moves what is alive now out of the GC's
                 # sight; the old index is still freed by reference counting.
                 gc.freeze()
+            else:
+                drop.append(new)  # built from an older version than the one served
+            new = None
+            await anyio.to_thread.run_sync(release_slowly, drop)
             return True
