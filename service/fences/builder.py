@@ -72,12 +72,11 @@ def _to_row(r: FenceRecord) -> Row:
     )  # fmt: skip
 
 
-def _from_row(row: Row) -> FenceRecord:
+def _from_row(row: Row, share: repo.Shared) -> FenceRecord:
     store_id, name, lat, lng, radius_m, geometry, tags, tz, address, extra = row
     return FenceRecord(
-        store_id, name, lat, lng, radius_m, geometry,
-        # A million rows repeat a few dozen zones and tags: share one string each.
-        tuple(sys.intern(t) for t in tags), sys.intern(tz), address, extra or NO_EXTRA,
+        store_id, name, lat, lng, share(radius_m), geometry, share.tags(tags), sys.intern(tz),
+        address, extra or NO_EXTRA,
     )  # fmt: skip
 
 
@@ -114,9 +113,10 @@ def assemble(payload: Payload, pause: float = PAUSE) -> FenceIndex:
     """
     version, cells, owners, chunks = payload
     records: list[FenceRecord] = []
+    share = repo.Shared()
     for blob in chunks:
         started = time.perf_counter()
-        records.extend(_from_row(row) for row in pickle.loads(blob))
+        records.extend(_from_row(row, share) for row in pickle.loads(blob))
         time.sleep((time.perf_counter() - started) * pause)
     return FenceIndex.from_entries(records, cells, owners, version=version)
 
