@@ -190,7 +190,8 @@ async def build_index(engine: Engine, in_child: bool = True) -> FenceIndex:
         return await anyio.to_thread.run_sync(_build_here, engine)
     try:
         payload = await asyncio.wrap_future(_get_pool().submit(build_payload, url))
-    except (BrokenProcessPool, OSError, RuntimeError) as exc:
+    except (BrokenProcessPool, OSError, RuntimeError, AssertionError) as exc:
+        # (AssertionError: multiprocessing refuses children to a daemonic process.)
         _drop_pool()
         log.warning(
             "index build process unavailable; building in a thread instead",
