@@ -12,8 +12,9 @@ What it does, and no more:
 
 - one connection per process, opened on first use and reopened on the next command after
   a failure (no pool: commands are pipelined, so one connection carries every request);
-- commands issued in the same event-loop tick leave in one ``write`` (automatic
-  pipelining, as ioredis does); replies are matched to commands in order;
+- a command on an idle connection is written at once; commands issued while others are in
+  flight leave together in one ``write`` on the next loop pass (automatic pipelining, as
+  ioredis does); replies are matched to commands in order;
 - a command not answered within ``timeout_s`` fails, with every command behind it on that
   connection, and the connection is closed (a late reply could otherwise be matched to the
   wrong command);
@@ -115,11 +116,17 @@ class _Connection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
         fut = self.loop.create_future()
-        if not self.pending:
+        idle = not self.pending
+        if idle:
             self.progress = time.monotonic()
             if self.watchdog is None:
                 self.watchdog = self.loop.call_later(self.timeout_s, self._check)
         self.pending.append(fut)
+        if idle and not self.out and self.transport is not None:
+            # Nothing in flight: send now rather than on the next loop pass (one pass fewer
+            # per ping at low load); under load commands queue up and leave together.
+            self.transport.write(payload)
+            return fut
         self.out.append(payload)
         if not self.flush_scheduled:
             self.flush_scheduled = True
