@@ -239,13 +239,17 @@ class LeanRedis:
             raise RedisConnectionError(
                 f"cannot connect to Redis at {self.host}:{self.port}: {exc or 'timed out'}"
             ) from exc
-        if self.password is not None:
-            auth: tuple[Arg, ...] = (self.password,)
-            if self.username is not None:
-                auth = (self.username, self.password)
-            await conn.send(_encode((b"AUTH", *auth)))
-        if self.db:
-            await conn.send(_encode((b"SELECT", self.db)))
+        try:
+            if self.password is not None:
+                auth: tuple[Arg, ...] = (self.password,)
+                if self.username is not None:
+                    auth = (self.username, self.password)
+                await conn.send(_encode((b"AUTH", *auth)))
+            if self.db:
+                await conn.send(_encode((b"SELECT", self.db)))
+        except BaseException:
+            conn.abort(RedisConnectionError("Redis handshake failed"))
+            raise
         return conn
 
     async def aclose(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 
 import pytest
 import redis
@@ -68,3 +69,24 @@ def test_when_the_lean_client_is_used() -> None:
     assert lean_client_supported("rediss://u:p@h:6380", cluster=False)
     assert not lean_client_supported("redis://h:6379", cluster=True)
     assert not lean_client_supported("unix:///tmp/redis.sock", cluster=False)
+
+
+def test_user_and_password_from_the_url(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    user, password = f"geotest-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all")
+    try:
+        host = redis_url.split("//", 1)[1].split("/", 1)[0]
+
+        async def main() -> None:
+            good = LeanRedis(f"redis://{user}:{password}@{host}/0")
+            assert await good.execute(b"ACL", b"WHOAMI") == user.encode()
+            await good.aclose()
+            bad = LeanRedis(f"redis://{user}:wrong@{host}/0")
+            with pytest.raises(ResponseError, match="WRONGPASS"):
+                await bad.execute(b"PING")
+
+        asyncio.run(main())
+    finally:
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
