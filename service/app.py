@@ -20,6 +20,7 @@ from service.caps.redis_caps import RedisCapStore
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
 from service.errors import install_error_handlers
+from service.fences import builder
 from service.fences.router import router as fences_router
 from service.fences.service import IndexHolder
 from service.locations.router import PingLane
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(ensure_key, engine, key, Role.admin, "bootstrap")
         holder = IndexHolder(engine)
         await holder.refresh(force=True)
+        builder.prestart()  # the process that will build the next index, started now
         campaign_holder = CampaignHolder(engine)
         await campaign_holder.refresh(force=True)
         store: Any
