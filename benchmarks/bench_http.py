@@ -732,8 +732,9 @@ async def _open_loop(
     event: tuple[float, Callable[[], tuple[float, float]]] | None = None,
 ) -> dict[str, Any]:
     """``event``: (at_s, fn): ``fn`` runs in a thread ``at_s`` into the run and returns the
-    (start, end) of what it did in ``time.perf_counter()`` time; the latencies of requests
-    scheduled within it (plus 0.5 s) are reported apart."""
+    (start, end) of what it did in ``time.perf_counter()`` time; the run goes on until 1 s
+    after it ended, and the latencies of requests scheduled within it (plus 0.5 s) are
+    reported apart."""
     loop = asyncio.get_running_loop()
     client = _OpenLoop(port, key, make_body)
     fired: list[asyncio.Future[tuple[float, float]]] = []
@@ -748,8 +749,15 @@ async def _open_loop(
         at_s, fn = event
         loop.call_later(at_s, lambda: fired.append(loop.run_in_executor(None, fn)))
     sent = 0
-    while sent < n:
-        due = min(n, int((time.perf_counter() - t0) * rate) + 1)
+    while True:
+        elapsed_s = time.perf_counter() - t0
+        if sent >= n:
+            # With an event, go on until it has ended and 1 s more (at most 300 s).
+            running = event is not None and (not fired or not fired[0].done())
+            if not running or elapsed_s > 300:
+                break
+            n = max(n, int((elapsed_s + 1.0) * rate))
+        due = min(n, int(elapsed_s * rate) + 1)
         while sent < due:
             client.submit(t0 + sent / rate)
             sent += 1
