@@ -84,7 +84,7 @@ def _from_row(row: Row, share: repo.Shared) -> FenceRecord:
     )  # fmt: skip
 
 
-def build_payload(url: str, chunk: int = CHUNK) -> Payload:
+def build_payload(url: str, chunk: int = CHUNK, pause: float = PAUSE) -> Payload:
     """In the child: read every fence, build the index, return it in transferable parts."""
     engine = create_engine(url, poolclass=NullPool)
     records: list[FenceRecord] = []
@@ -98,7 +98,7 @@ def build_payload(url: str, chunk: int = CHUNK) -> Payload:
                 if not batch:
                     break
                 records.extend(batch)
-                time.sleep((time.perf_counter() - started) * PAUSE)
+                time.sleep((time.perf_counter() - started) * pause)
     finally:
         engine.dispose()
     index = FenceIndex.build(records, version=version)
@@ -210,14 +210,15 @@ def _url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
 
-async def build_index(engine: Engine, in_child: bool = True) -> FenceIndex:
+async def build_index(engine: Engine, in_child: bool = True, pause: float = PAUSE) -> FenceIndex:
     """The current fences' index, built in the child process (see the module docstring), or
-    in a thread of this process with ``in_child=False``."""
+    in a thread of this process with ``in_child=False``. ``pause`` paces the database read
+    and the assembly (0: full speed, for a caller that waits for the result)."""
     url = _url(engine)
     if not in_child:
         return await anyio.to_thread.run_sync(_build_here, engine)
     try:
-        payload = await asyncio.wrap_future(_get_pool().submit(build_payload, url))
+        payload = await asyncio.wrap_future(_get_pool().submit(build_payload, url, CHUNK, pause))
     except (BrokenProcessPool, OSError, RuntimeError, AssertionError) as exc:
         # (AssertionError: multiprocessing refuses children to a daemonic process.)
         _drop_pool()
@@ -225,7 +226,7 @@ async def build_index(engine: Engine, in_child: bool = True) -> FenceIndex:
             "index build process unavailable; building in a thread instead",
             extra={"event": "index_build_fallback", "error": repr(exc)},
         )
-        payload = await anyio.to_thread.run_sync(build_payload, url)
+        payload = await anyio.to_thread.run_sync(build_payload, url, CHUNK, pause)
     # The cyclic GC, triggered by the new index's allocations, stopped the world for up to
     # 68 ms per collection during assembly (100 k fences). Off meanwhile; then the new
     # objects are frozen (moved out of the GC's sight: the index is long-lived and acyclic)
@@ -237,7 +238,7 @@ async def build_index(engine: Engine, in_child: bool = True) -> FenceIndex:
     gc.disable()
     sys.setswitchinterval(min(switch_interval, 0.0005))
     try:
-        index = await anyio.to_thread.run_sync(assemble, payload)
+        index = await anyio.to_thread.run_sync(assemble, payload, pause)
         gc.freeze()
         return index
     finally:

@@ -46,7 +46,7 @@ async def import_geofences(
             )
         )
     if not dry_run:
-        await request.app.state.index_holder.refresh()
+        await request.app.state.index_holder.refresh(urgent=True)
     return result.to_dict()
 
 
@@ -88,5 +88,5 @@ async def get_geofence(store_id: str, request: Request, _: AdminKey) -> dict[str
 @router.delete("/{store_id}", status_code=204, summary="Delete one geofence")
 async def delete_geofence(store_id: str, request: Request, _: AdminKey) -> Response:
     await anyio.to_thread.run_sync(lambda: service.delete_fence(_engine(request), store_id))
-    await request.app.state.index_holder.refresh()
+    await request.app.state.index_holder.refresh(urgent=True)
     return Response(status_code=204)

@@ -17,7 +17,7 @@ from geofences.index import FenceIndex
 from geofences.parsing import FileError, RowError, iter_fences
 from service.errors import InvalidFile, NotFound
 from service.fences import repository as repo
-from service.fences.builder import build_index, release_slowly
+from service.fences.builder import PAUSE, build_index, release_slowly
 from service.timeutil import aware_or_none
 
 log = logging.getLogger("geo_offers.fences")
@@ -202,11 +202,13 @@ class IndexHolder:
     def version(self) -> int | None:
         return None if self.index is None else self.index.version
 
-    async def _build(self) -> FenceIndex:
+    async def _build(self, urgent: bool) -> FenceIndex:
         started = time.perf_counter()
         # The first index is built before anything is served: here, in a thread. Rebuilds
         # happen under load: in a child process, so pings keep the GIL.
-        index = await build_index(self._engine, in_child=self.index is not None)
+        index = await build_index(
+            self._engine, in_child=self.index is not None, pause=0.0 if urgent else PAUSE
+        )
         log.info(
             "index built",
             extra={"event": "index_built", "version": index.version, "fences": len(index),
@@ -218,14 +220,18 @@ class IndexHolder:
         with self._engine.connect() as conn:
             return repo.current_version(conn)
 
-    async def refresh(self, force: bool = False) -> bool:
-        """Rebuild when the stored version differs from the served one; True if swapped."""
+    async def refresh(self, force: bool = False, urgent: bool = False) -> bool:
+        """Rebuild when the stored version differs from the served one; True if swapped.
+
+        A rebuild is paced so that pings keep their latency (about 20 s at 100 k fences);
+        ``urgent`` (an import or delete through this replica, whose caller waits for the
+        result) builds at full speed, still in the child process."""
         async with self._lock:
             if not force and self.index is not None:
                 stored = await anyio.to_thread.run_sync(self._stored_version)
                 if stored == self.index.version:
                     return False
-            new: FenceIndex | None = await self._build()
+            new: FenceIndex | None = await self._build(urgent)
             assert new is not None
             drop: list[FenceIndex | None] = []  # freed off the event loop, below
             if self.index is None or new.version >= self.index.version or force:
