@@ -1,11 +1,12 @@
 """A lean, pipelined Redis client for the ping hot path: RESP over ``asyncio.Protocol``,
 replies parsed by hiredis.
 
-Why not redis-py on this path: its asyncio client spent 67-114 µs of CPU per command here
-(a pool checkout, an ``asyncio.wait_for`` around every read, its own parser), coredis
-127-179 µs, and this client 17-38 µs, with 1 and 32 commands in flight (``SET`` of 100 bytes,
-uvloop, measured side by side; the command used is in ``benchmarks/README.md``). At one
-script call per ping that difference was a large share of the ping's CPU. Everything off the
+Why not redis-py on this path: its asyncio client (a pool checkout, an ``asyncio.wait_for``
+around every read, its own parser) spent 2.4-4 times the CPU of this client per command in
+every run of ``benchmarks/bench_redis_clients.py`` (``SET`` of 100 bytes, 1 and 32 commands in
+flight, uvloop; e.g. 84-204 µs against 23-85 µs); coredis 5.7, measured once the same way,
+was slower still. At one script call per ping that difference was a large share of the
+ping's CPU. Everything off the
 hot path (consent, erasure, caps, scans) keeps using redis-py.
 
 What it does, and no more:
