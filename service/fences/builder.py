@@ -206,6 +206,33 @@ def prestart() -> None:
         _get_pool().submit(os.getpid)
 
 
+_assembly_lock = threading.Lock()
+_assemblies = 0  # in progress in this process (several index holders: tests, embedding)
+_saved: tuple[bool, float] = (True, 0.005)
+
+
+@contextlib.contextmanager
+def _assembling() -> Iterator[None]:
+    """GC off and a 0.5 ms GIL switch interval while any assembly runs in this process; the
+    first to start saves the settings and the last to end puts them back."""
+    global _assemblies, _saved
+    with _assembly_lock:
+        if _assemblies == 0:
+            _saved = (gc.isenabled(), sys.getswitchinterval())
+            gc.disable()
+            sys.setswitchinterval(min(_saved[1], 0.0005))
+        _assemblies += 1
+    try:
+        yield
+    finally:
+        with _assembly_lock:
+            _assemblies -= 1
+            if _assemblies == 0:
+                sys.setswitchinterval(_saved[1])
+                if _saved[0]:
+                    gc.enable()
+
+
 def _url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
@@ -233,15 +260,7 @@ async def build_index(engine: Engine, in_child: bool = True, pause: float = PAUS
     # before it is back on, else its first collection would walk them all (30 ms).
     # And a shorter GIL switch interval meanwhile (5 ms by default): whenever the assembling
     # thread holds the GIL, the event loop waits up to that long for it, at every pass.
-    gc_was_enabled = gc.isenabled()
-    switch_interval = sys.getswitchinterval()
-    gc.disable()
-    sys.setswitchinterval(min(switch_interval, 0.0005))
-    try:
+    with _assembling():
         index = await anyio.to_thread.run_sync(assemble, payload, pause)
         gc.freeze()
         return index
-    finally:
-        sys.setswitchinterval(switch_interval)
-        if gc_was_enabled:
-            gc.enable()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import os
 import random
@@ -118,3 +119,15 @@ def test_the_build_child_dies_with_its_parent() -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child), "the build child outlived its parent"
+
+
+def test_overlapping_assemblies_restore_gc_and_switch_interval(engine: Engine) -> None:
+    interval = sys.getswitchinterval()
+    assert gc.isenabled()
+
+    async def two() -> list[FenceIndex]:
+        return list(await asyncio.gather(build_index(engine), build_index(engine)))
+
+    first, second = asyncio.run(two())
+    assert len(first) == len(second) == 3001
+    assert gc.isenabled() and sys.getswitchinterval() == interval
