@@ -3,6 +3,12 @@
 - ``echo_app``: a plain ASGI callable that reads the body and answers a fixed small JSON
   document with orjson. No framework, no validation: the ceiling of uvicorn (uvloop +
   httptools) on this machine, which the ping endpoint is compared against.
+- ``redis_floor_app``: the echo plus what any Redis-backed ping must do at the least: decode
+  the JSON body (orjson) and run the service's own compare-and-set script once through the
+  service's own Redis client (``service.state.redis_store``, ``service.state.resp``), storing
+  the answer under the ping's key as the service does. No key check, no validation, no
+  matching, no state step: the floor under the ping endpoint on this machine, so the ping's
+  ratio to the echo can be read against what one Redis round trip per ping leaves.
 - ``naive_app``: "the build a team would write first": FastAPI, a pydantic body model, and
   one PostGIS query per ping (``ST_DWithin`` on the sphere, as DESIGN §3 defines "inside"),
   answering the matched store ids. It is made as fast as such a design fairly gets:
@@ -72,7 +78,58 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": _ECHO_BODY})
 
 
-# --- (b) FastAPI + pydantic + one PostGIS query per ping ------------------------------------
+# --- (b) raw ASGI + one Redis script per request: the floor of a Redis-backed ping ----------
+
+_FLOOR: dict[str, Any] = {}
+
+
+async def redis_floor_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The echo, plus ``orjson.loads`` of the body and one ``EVALSHA`` of the service's
+    compare-and-set script (``BENCH_FLOOR_REDIS_URL``, keys under ``BENCH_FLOOR_PREFIX``)."""
+    if scope["type"] == "lifespan":
+        from service.state.redis_store import _CAS, _CAS_SHA
+        from service.state.resp import LeanRedis
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                _FLOOR.update(
+                    client=LeanRedis(os.environ["BENCH_FLOOR_REDIS_URL"]),
+                    prefix=os.environ.get("BENCH_FLOOR_PREFIX", "floor"),
+                    sha=_CAS_SHA,
+                    script=_CAS.encode(),
+                )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await _FLOOR["client"].aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    if scope["method"] == "POST":
+        await _floor_script(orjson.loads(body))
+    await send({"type": "http.response.start", "status": 200, "headers": _ECHO_HEADERS})
+    await send({"type": "http.response.body", "body": _ECHO_BODY})
+
+
+async def _floor_script(doc: dict[str, Any]) -> None:
+    tag = f"{_FLOOR['prefix']}:{{d:{doc['device_id']}}}"
+    keys = [f"{tag}:state", f"{tag}:ping:{doc['ping_id']}", f"{tag}:no_consent"]
+    # Expected state '' and new state '' (keep), compared exactly: the script's shortest
+    # path, one answer key written with the service's default TTL.
+    await _FLOOR["client"].evalsha(
+        _FLOOR["sha"], _FLOOR["script"], keys, [b"", b"", 3_600_000, _ECHO_BODY, 3600, b""]
+    )
+
+
+# --- (c) FastAPI + pydantic + one PostGIS query per ping ------------------------------------
 
 POOL_SIZE = int(os.environ.get("BENCH_NAIVE_POOL", "4"))
 # Prepared statements with a generic plan by default; "auto" is PostgreSQL's default mode.

@@ -999,6 +999,7 @@ def evaluate(runs: list[dict[str, Any]], open_loop: list[dict[str, Any]]) -> lis
 
 LABELS = {
     "echo": "raw ASGI echo (ceiling)",
+    "floor": "raw ASGI + 1 Redis script (floor)",
     "naive": "naive FastAPI + PostGIS ST_DWithin",
     "service ping": "service ping, no offer",
     "service offer": "service offer path (every ping an offer)",
@@ -1226,6 +1227,29 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                     b.constant_rate("echo (client floor)", w, port, ping_row["rps"] * LOAD_FRACTION)
             finally:
                 srv.stop()
+        if wanted("floor"):
+            log(f"raw ASGI + one Redis script (floor), {w} worker(s)")
+            port = free_port()
+            fenv = {**env, "BENCH_FLOOR_REDIS_URL": redis_url, "BENCH_FLOOR_PREFIX": f"{prefix}f"}
+            srv = Server(
+                f"floor {w}w", uvicorn_cmd("apps:redis_floor_app", port, w), fenv, port, workdir
+            )
+            try:
+                srv.wait_ready("/", 30)
+                b.warm(srv)
+                b.measure("floor", w, srv)
+                ping_row = next(
+                    (r for r in b.runs if r["target"] == "service ping" and r["workers"] == w),
+                    None,
+                )
+                if ping_row and wanted("latency"):
+                    b.constant_rate(
+                        "floor (1 Redis script)", w, port, ping_row["rps"] * LOAD_FRACTION
+                    )
+            finally:
+                srv.stop()
+            if args.redis_url:
+                delete_prefix(args.redis_url, f"{prefix}f")
         if wanted("naive"):
             log(f"naive FastAPI + PostGIS, {w} worker(s)")
             port = free_port()
@@ -1332,7 +1356,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naive-pool", type=int, default=4, help="PostgreSQL connections per worker")
     p.add_argument("--open-loop-connections", type=int, default=64)
     p.add_argument("--count-requests", type=int, default=2000, help="pings for the counts")
-    p.add_argument("--only", default=None, help="subset: ping,latency,swap,echo,naive,offer")
+    p.add_argument("--only", default=None, help="subset: ping,latency,swap,echo,floor,naive,offer")
     p.add_argument(
         "--pg-url",
         default=os.environ.get("GEO_OFFERS_BENCH_PG_URL", DEFAULT_PG_URL),

@@ -17,11 +17,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-import h3.api.basic_int as h3
 import numpy as np
 from numpy.typing import NDArray
 
-from geofences.cover import circle_covers, polygon_covers
+from geofences.cover import _latlng_to_cell, circle_covers, polygon_covers
 from geofences.fences import CircleFence, Fence, PolygonFence, fence_from_record
 from geofences.model import FenceRecord
 
@@ -177,7 +176,7 @@ class FenceIndex:
         n = len(keys)
         found = []
         for res in self.resolutions:
-            cell = h3.latlng_to_cell(lat, lng, res)
+            cell = _latlng_to_cell(lat, lng, res)
             row = bisect_left(keys, cell)
             if row < n and keys[row] == cell:
                 found.append(row)

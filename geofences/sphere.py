@@ -29,6 +29,8 @@ def _lat_rad(lat: float) -> float:
 def _lng_rad(lng: float) -> float:
     # liblwgeom's longitude_radians_normalize: -pi maps to pi; valid input otherwise kept.
     lon = lng * math.pi / 180.0
+    if -math.pi < lon <= math.pi:  # every valid longitude but -180: none of the steps below
+        return lon  # changes it (a shortcut, not other arithmetic)
     if lon == -math.pi:
         return math.pi
     if lon == -2.0 * math.pi:

@@ -74,6 +74,7 @@ def step(
     dwell_s: float,
     state_ttl_s: float,
     exit_margin_m: float | None = None,
+    matches: list[Any] | None = None,
 ) -> tuple[DeviceState, list[VisitEvent]]:
     """Advance one device by one accurate, in-order ping at epoch seconds ``ts``.
 
@@ -86,11 +87,14 @@ def step(
       dropped without an exit event (the store is gone, not left).
 
     State whose last ping is more than ``state_ttl_s`` older than this one is forgotten.
-    Events are ordered exits, enters, dwells, each by store_id.
+    Events are ordered exits, enters, dwells, each by store_id. ``matches``: what
+    ``index.match(lat, lng)`` returns, when the caller has it already.
     """
     if state is not None and ts - state.last_ts > state_ttl_s:
         state = None
-    inside_now = {m.fence.store_id: m for m in index.match(lat, lng)}
+    if matches is None:
+        matches = index.match(lat, lng)
+    inside_now = {m.fence.store_id: m for m in matches}
     visits = dict(state.inside) if state is not None else {}
     exits: list[VisitEvent] = []
     enters: list[VisitEvent] = []

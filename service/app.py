@@ -11,6 +11,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from sqlalchemy import text
+from starlette.types import Receive, Scope, Send
 
 from service.auth import KeyCache, Role, ensure_key
 from service.campaigns.router import router as campaigns_router
@@ -49,7 +50,23 @@ async def poll(refresh: Callable[[], Awaitable[bool]], period_s: float) -> None:
             log.exception("refresh failed")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class GeoOffersAPI(FastAPI):
+    """FastAPI, with the two ping routes answered by :class:`PingLane` before the
+    middleware stack and the routing (the hot path; see ``service/locations/router.py``).
+    Every other request, and every request when ``ping_lane`` is None, is FastAPI's."""
+
+    ping_lane: PingLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        lane = self.ping_lane
+        if lane is not None and lane.handles(scope):
+            scope["app"] = self
+            await lane(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> GeoOffersAPI:
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
@@ -108,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.dispose()
 
     otel = settings.opentelemetry
-    app = FastAPI(
+    app = GeoOffersAPI(
         telemetry={"tracing": otel, "metrics": otel, "logs": otel},
         title="geo-offers",
         version="0.1.0",
@@ -116,7 +133,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.add_middleware(PingLane)  # added first, so it runs inside the observability layers
+    # With OpenTelemetry on, pings take the routed endpoints, which FastAPI instruments.
+    app.ping_lane = None if otel else PingLane(settings.max_body_bytes)
     install_observability(app, settings)
     app.include_router(locations_router)
     app.include_router(fences_router)

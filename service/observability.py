@@ -89,9 +89,16 @@ IMPORT_DURATION = Histogram(
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+_PING_CHILDREN: dict[str, Any] = {}
+
+
 def observe_ping(reason: str) -> None:
-    """Count one answered ping by its reason code (``offer_issued``, ``no_trigger``, …)."""
-    PINGS.labels(reason).inc()
+    """Count one answered ping by its reason code (``offer_issued``, ``no_trigger``, …).
+    The counter child of each reason is looked up once (a bounded set of codes)."""
+    child = _PING_CHILDREN.get(reason)
+    if child is None:
+        child = _PING_CHILDREN[reason] = PINGS.labels(reason)
+    child.inc()
 
 
 def observe_offer(campaign_id: str) -> None:
@@ -341,9 +348,7 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
-        text = incoming.decode("latin-1") if incoming is not None else ""
-        request_id = text if _SANE_REQUEST_ID.fullmatch(text) else uuid.uuid4().hex
+        request_id, token = begin_request(scope)
         raw_id = request_id.encode("ascii")
         status = 0
 
@@ -355,31 +360,49 @@ class RequestMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        token = _request_id.set(request_id)
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
             status = status or 500  # raised (answered 500 further out) or never answered
-            method = scope.get("method", "GET")
-            method = method if method in _METHODS else "other"
             route = route_template(scope, self.templates if status != 404 else None)
-            _duration(method, route, status // 100).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "%s %s %d",
-                    method,
-                    route,
-                    status,
-                    extra={
-                        "method": method,
-                        "route": route,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
-            _request_id.reset(token)
+            end_request(scope, route, status, started, token)
+
+
+def begin_request(scope: Scope) -> tuple[str, contextvars.Token[str | None]]:
+    """The request's id (a sane ``X-Request-ID`` or a new uuid4 hex), set for its logs."""
+    incoming = _header(scope, b"x-request-id")
+    text = incoming.decode("latin-1") if incoming is not None else ""
+    request_id = text if _SANE_REQUEST_ID.fullmatch(text) else uuid.uuid4().hex
+    return request_id, _request_id.set(request_id)
+
+
+def end_request(
+    scope: Scope,
+    route: str,
+    status: int,
+    started: float,
+    token: contextvars.Token[str | None],
+) -> None:
+    """Latency histogram and access-log line of a request; its id leaves the context."""
+    elapsed = time.perf_counter() - started
+    method = scope.get("method", "GET")
+    method = method if method in _METHODS else "other"
+    _duration(method, route, status // 100).observe(elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "%s %s %d",
+            method,
+            route,
+            status,
+            extra={
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
+    _request_id.reset(token)
 
 
 _DURATION_CHILDREN: dict[tuple[str, str, int], Any] = {}
@@ -470,8 +493,13 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _reject(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-        body = error_body("payload_too_large", f"request body is larger than {limit} bytes")
-        await ORJSONResponse(body, 413, headers={"Connection": "close"})(scope, receive, send)
+        await too_large_response(limit)(scope, receive, send)
+
+
+def too_large_response(limit: int) -> ORJSONResponse:
+    """The 413 for a body over ``limit`` bytes (the connection is closed after it)."""
+    body = error_body("payload_too_large", f"request body is larger than {limit} bytes")
+    return ORJSONResponse(body, 413, headers={"Connection": "close"})
 
 
 # ---------------------------------------------------------------------------------------

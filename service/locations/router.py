@@ -1,13 +1,17 @@
 """HTTP for pings: validation, auth, and the raw JSON answer.
 
-The two ping routes are served by :class:`PingLane`, a pure ASGI layer that sits inside the
-request-id, metrics and body-limit middleware and answers ``POST /v1/locations`` and
-``POST /v1/locations/batch`` before FastAPI's routing. Profiled, FastAPI's routing and
-endpoint machinery (route matching, the request handler, dependency solving, exception
-middleware) took about half of the in-process CPU of a ping that needed no Redis
-(``benchmarks/README.md``). The FastAPI routes below stay: they document the endpoints in
-OpenAPI and serve them in an app built without the lane; both call the same functions, and
-a test checks that they answer alike.
+The two ping routes are served by :class:`PingLane`, which :class:`service.app.GeoOffersAPI`
+calls for ``POST /v1/locations`` and ``POST /v1/locations/batch`` before anything else of
+FastAPI's. Profiled, FastAPI's routing and endpoint machinery (route matching, the request
+handler, dependency solving, exception middleware) took about half of the in-process CPU of a
+ping that needed no Redis; once the lane sat before the routing, the middleware stack it
+still passed through (Starlette's error and exception layers, FastAPI's telemetry checks,
+the request-id and body-limit layers, each wrapping ``send``) cost about 17 µs of a 68 µs
+ping in-process, so the lane now does those layers' work itself with their functions
+(``benchmarks/README.md``, "Profiles"). The FastAPI routes below stay: they document the
+endpoints in OpenAPI and serve them when the lane is off (``GeoOffersAPI.ping_lane = None``,
+as when OpenTelemetry is on); both call the same functions, and a test checks that they
+answer alike.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from service.auth import Role, allowing, check_key
-from service.errors import Forbidden, InvalidInput, error_response
+from service.errors import Forbidden, InvalidInput, error_response, unexpected_response
 from service.locations.schemas import PingBatchIn, PingBatchOut, PingIn, PingOut
 from service.locations.service import PingContext, check_not_future, process_ping
-from service.observability import check_device_rate
+from service.observability import (
+    begin_request,
+    check_device_rate,
+    end_request,
+    too_large_response,
+)
 
 router = APIRouter(prefix="/v1/locations", tags=["locations"])
 PING_PATH = "/v1/locations"
@@ -128,71 +137,121 @@ async def post_batch(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-class _Route:
-    """What :func:`service.observability.route_template` reads off ``scope["route"]``."""
-
-    def __init__(self, path_format: str) -> None:
-        self.path_format = path_format
+_JSON = (b"content-type", b"application/json")
 
 
-_ROUTES = {PING_PATH: _Route(PING_PATH), BATCH_PATH: _Route(BATCH_PATH)}
-_JSON_HEADERS = (b"content-type", b"application/json")
+class _TooLarge(Exception):
+    pass
 
 
 class PingLane:
-    """Pure ASGI: serves the two ping routes before FastAPI's routing (see module docstring).
+    """Serves ``POST /v1/locations`` and ``POST /v1/locations/batch`` ahead of the app's
+    middleware stack (see the module docstring); :class:`service.app.GeoOffersAPI` calls it
+    for those two and hands everything else, other methods on these paths included, to
+    FastAPI.
 
-    Everything else, including other methods on these paths, goes on to the app. Errors
-    get the one error shape from :func:`service.errors.error_response`; an unexpected one
-    propagates to the app's outermost handler, as it would from a routed endpoint.
+    It does for its two routes what the stack does for the others, with the same
+    functions: the request id (``X-Request-ID`` in and out, in every log line), the latency
+    histogram and access line (:func:`service.observability.end_request`), the body limit
+    (413, :func:`service.observability.too_large_response`), errors in the one error shape
+    (:func:`service.errors.error_response`), and a bug answered 500 as the app's handler
+    does (then re-raised, as Starlette does, for the server's log).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        return (
+            scope["type"] == "http"
+            and scope["path"] in _PATHS
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = _ROUTES.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST" or scope.get("root_path"):
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = route
+        path = scope["path"]
+        request_id, token = begin_request(scope)
+        started = time.perf_counter()
+        status = 500
+        try:
+            status = await self._serve(scope, receive, send, path, request_id.encode("ascii"))
+        finally:
+            end_request(scope, path, status, started, token)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, path: str, request_id: bytes
+    ) -> int:
         auth = ""
+        declared = -1
         for name, value in scope["headers"]:
             if name == b"authorization":
                 auth = value.decode("latin-1")
-                break
+            elif name == b"content-length" and value.isdigit():
+                declared = int(value)
+        limit = self.max_body_bytes
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
         try:
-            body = await _read_body(receive)
+            if declared > limit:
+                raise _TooLarge
+            body = await _read_body(receive, limit)
             if body is None:  # the client went away: nobody to answer
-                return
+                return 499
             state = scope["app"].state
-            if route.path_format == PING_PATH:
+            if path == PING_PATH:
                 query = scope["query_string"].decode("latin-1")
                 answer = await answer_ping(state, auth, query, body)
             else:
                 answer = await answer_batch(state, auth, body)
+        except _TooLarge:
+            await too_large_response(limit)(scope, receive, send_with_id)
+            return 413
         except Exception as exc:
             response = error_response(exc)
             if response is None:
+                if not started:
+                    await unexpected_response()(scope, receive, send_with_id)
                 raise
-            await response(scope, receive, send)
-            return
+            await response(scope, receive, send_with_id)
+            return response.status_code
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [_JSON_HEADERS, (b"content-length", b"%d" % len(answer))],
+                "headers": [
+                    _JSON,
+                    (b"content-length", b"%d" % len(answer)),
+                    (b"x-request-id", request_id),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": answer})
+        return 200
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+_PATHS = frozenset({PING_PATH, BATCH_PATH})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
     chunks: list[bytes] = []
+    size = 0
     while True:
         message: Message = await receive()
         if message["type"] != "http.request":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -41,7 +41,7 @@ from service.observability import observe_ping
 from service.offers.service import OfferContext, VisitTrigger, could_fire
 from service.offers.service import decide as decide_offer
 from service.settings import Settings
-from service.state import StateStore, StateUnavailable
+from service.state import Idle, StateStore, StateUnavailable
 
 log = logging.getLogger("geo_offers.locations")
 
@@ -146,13 +146,15 @@ async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: b
     user_key = ping.user_id or ping.device_id
     campaigns = ctx.campaigns.current
     outcome: dict[str, Any] = {}
+    inaccurate = ping.accuracy_m > settings.max_accuracy_m
+    matches = None if inaccurate else index.match(ping.lat, ping.lng)
 
     def decide(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bytes]:
         outcome.clear()
         state = DeviceState.from_doc(doc) if doc is not None else None
         if state is not None and ts < state.last_ts:
             return None, _answer(pid, [], "out_of_order")
-        if ping.accuracy_m > settings.max_accuracy_m:
+        if inaccurate:
             if state is None:
                 return DeviceState(last_ts=ts).to_doc(), _answer(pid, [], "low_accuracy")
             state.last_ts = ts
@@ -166,6 +168,7 @@ async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: b
             dwell_s=settings.dwell_s,
             state_ttl_s=settings.state_ttl_s,
             exit_margin_m=settings.exit_margin_m,
+            matches=matches,
         )
         event_docs = [e.to_dict() for e in events]
         if now - ts > settings.offer_max_age_s:
@@ -183,8 +186,15 @@ async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: b
             reason = "no_trigger"
         return new_state.to_doc(), _answer(pid, event_docs, reason)
 
+    idle = None
+    if not matches:
+        # No fence here (or too inaccurate to tell): the outcome is the same for every
+        # state without a visit, so the store need not read the state first (Idle).
+        idle_state, idle_body = decide(None)
+        assert idle_state is not None
+        idle = Idle(ts, idle_state, idle_body)
     try:
-        body = await ctx.store.process(ping.device_id, pid, decide, user_key)
+        body = await ctx.store.process(ping.device_id, pid, decide, user_key, idle)
         if body is None:  # consent withdrawn: the store dropped and keeps nothing
             return _answer(pid, [], "consent_denied")
     except StateUnavailable as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from service.state.base import Step
+from service.state.base import Idle, Step
 
 
 class MemoryStateStore:
@@ -27,8 +27,15 @@ class MemoryStateStore:
         self._denied_devices: set[str] = set()
 
     async def process(
-        self, device_id: str, ping_key: str, step: Step, user_key: str | None = None
+        self,
+        device_id: str,
+        ping_key: str,
+        step: Step,
+        user_key: str | None = None,
+        idle: Idle | None = None,
     ) -> bytes | None:
+        """See :class:`service.state.base.StateStore`; ``idle`` is not needed here (``step``
+        on the state in hand is as cheap)."""
         now = time.monotonic()
         self._calls += 1
         if self._calls % self._sweep_every == 0:

@@ -3,12 +3,17 @@
 Every key of a device (state, remembered answers, consent flag) shares the hash tag
 ``{d:<device_id>}``, so one script may touch them all on Redis Cluster.
 
-The ping path costs one round trip in the steady state: the step is computed from this
-replica's last known copy of the device's state and sent as a compare-and-set; only when
-Redis holds something else (another replica moved the device on, or this replica never saw
-it) does the script hand back the current state for a second attempt. The copy is a cache
-of exact bytes, never trusted for a decision without the compare: correctness does not
-depend on it, only speed.
+The ping path costs one round trip in the steady state. A ping that matches no fence (most
+pings: phones are rarely in a store) has the same outcome for every *idle* state (no visit,
+last ping not later; :class:`service.state.base.Idle`), so the script stores it once it has
+seen that the state is idle, whichever replica saw the device last. Any other ping's step is
+computed from this replica's last known copy of the device's state and sent as a
+compare-and-set; only when Redis holds something else (another replica moved the device on,
+or this replica never saw it) does the script hand back the current state for a second
+attempt. The copy is a cache of exact bytes, never trusted for a decision without the
+compare: correctness does not depend on it, only speed. Behind a load balancer that spreads
+a device's pings over N replicas, a ping inside a fence finds its replica's copy current
+about 1/N of the time, so those pings cost two round trips (README, "Capacity").
 """
 
 from __future__ import annotations
@@ -22,21 +27,30 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from service.state.base import StateUnavailable, Step
+from service.state.base import Idle, StateUnavailable, Step
 from service.state.resp import LeanRedis, lean_client_supported
 
 # KEYS: state, answer, consent flag. ARGV: expected state ('' = none), new state ('' =
-# keep), state ttl ms, answer, answer ttl s.
-# Returns {3} consent withdrawn | {0, first answer} | {1, current state or ''} | {2} stored.
+# keep), state ttl ms, answer, answer ttl s, idle ts ('' = compare with the expected state;
+# else any idle state (service.state.base.Idle) at or before that ts will do).
+# Returns {3} consent withdrawn | {0, first answer} | {1, current state or ''} |
+# {2, 1 if the device had no state else 0} stored.
 _CAS = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return {3} end
 local first = redis.call('GET', KEYS[2])
 if first then return {0, first} end
 local cur = redis.call('GET', KEYS[1])
-if (cur or '') ~= ARGV[1] then return {1, cur or ''} end
+if ARGV[6] ~= '' then
+  if cur then
+    local t = string.sub(cur, 1, 5) == '{"t":' and string.sub(cur, -9) == ',"in":{}}'
+      and tonumber(string.sub(cur, 6, -10))
+    if not t or t > tonumber(ARGV[6]) then return {1, cur} end
+  end
+elseif (cur or '') ~= ARGV[1] then return {1, cur or ''} end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
-return {2}
+if cur then return {2, 0} end
+return {2, 1}
 """
 _CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()
 
@@ -101,19 +115,31 @@ class RedisStateStore:
         return f"{self._prefix}:{{u:{user_key}}}:{what}"
 
     async def process(
-        self, device_id: str, ping_key: str, step: Step, user_key: str | None = None
+        self,
+        device_id: str,
+        ping_key: str,
+        step: Step,
+        user_key: str | None = None,
+        idle: Idle | None = None,
     ) -> bytes | None:
         state_key, answer_key = self._keys(device_id, ping_key)
         denied_key = self._device_denied(device_id)
         known = self._known.get(device_id, b"")
         try:
             for _ in range(MAX_ATTEMPTS):
-                current: dict[str, Any] | None = orjson.loads(known) if known else None
-                new_state, body = step(current)
+                new_state: dict[str, Any] | None
+                idle_ts: float | str
+                if idle is not None:  # first attempt: any idle state will do
+                    new_state, body, idle_ts = idle.state, idle.body, idle.ts
+                    idle = None
+                else:
+                    current: dict[str, Any] | None = orjson.loads(known) if known else None
+                    new_state, body = step(current)
+                    idle_ts = ""
                 new_raw = orjson.dumps(new_state) if new_state is not None else b""
                 res = await self._script(
                     [state_key, answer_key, denied_key],
-                    [known, new_raw, self._state_ttl_ms, body, self._answer_ttl_s],
+                    [known, new_raw, self._state_ttl_ms, body, self._answer_ttl_s, idle_ts],
                 )
                 if res[0] == 3:
                     self._known.pop(device_id, None)
@@ -129,7 +155,7 @@ class RedisStateStore:
                 # link it to the user so consent changes and erasure reach it.
                 if (
                     user_key is not None
-                    and not known
+                    and res[1] == 1
                     and new_raw
                     and not await self._admit(user_key, device_id, state_key, answer_key)
                 ):

@@ -24,8 +24,9 @@ CSV = b"store_id,name,lat,lng,radius_m\ns-001,Flatiron,40.74172,-73.98964,45.72\
 @contextlib.contextmanager
 def _client(settings: Settings, lane: bool) -> Iterator[tuple[TestClient, dict[Role, str]]]:
     app = create_app(settings)
+    assert isinstance(app.ping_lane, PingLane)
     if not lane:
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not PingLane]
+        app.ping_lane = None
     with TestClient(app) as client:
         keys = {r: create_key(app.state.engine, r, "t") for r in Role}
         admin = {"Authorization": f"Bearer {keys[Role.admin]}"}
