@@ -114,6 +114,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    return out
+
+
+def tree_rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of a process and its descendants (Linux ``/proc``), in MB by kind:
+    the server's own processes (supervisor, workers), index build children, and
+    multiprocessing's resource trackers."""
+    out = {"service": 0.0, "build children": 0.0, "resource trackers": 0.0}
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        todo += _children(p)
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{p}/status") as f:
+                rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+        kind = (
+            "resource trackers"
+            if b"resource_tracker" in cmd
+            else "build children"
+            if b"multiprocessing.spawn" in cmd
+            else "service"
+        )
+        out[kind] += rss_kb / 1024
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def loadavg() -> str:
     """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
     try:
@@ -365,6 +401,11 @@ class PrivateRedis:
                     return
             time.sleep(0.05)
         raise RuntimeError("private redis-server did not start")
+
+    def script_calls(self) -> int:
+        """Scripts run so far (``EVALSHA`` and ``EVAL``): one per state round trip of a ping."""
+        stats = self.client.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
 
     def cpu_s(self) -> float:
         info = self.client.info("cpu")
@@ -1158,6 +1199,9 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
             srv.stop()
             raise
         b.startup_s[f"service {workers}w #{len(b.startup_s) + 1}"] = ready_s
+        b.counts.setdefault("service_rss_mb_at_ready", {})[f"{workers}w"] = tree_rss_mb(
+            srv.proc.pid
+        )
         return srv
 
     workers_list = [int(w) for w in args.workers.split(",")]
@@ -1172,9 +1216,20 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                 before = metrics(srv.port)
                 b.warm(srv)
                 mid = metrics(srv.port)
+                scripts0 = own_redis.script_calls() if own_redis else 0
                 res = b.measure("service ping", w, srv)
+                b.counts.setdefault("service_rss_mb_after_ping_run", {})[f"{w}w"] = tree_rss_mb(
+                    srv.proc.pid
+                )
                 after = metrics(srv.port)
                 reasons[f"service ping {w}w"] = reason_mix(mid, after)
+                if own_redis:
+                    # Round trips per ping during the timed run, workers' caches as they come
+                    # (the counts below are taken after it, with every device seen before).
+                    # wrk's count: /metrics shows one worker's view when there are several.
+                    b.counts.setdefault("scripts_per_ping_timed", {})[f"{w}w"] = round(
+                        (own_redis.script_calls() - scripts0) / max(1, res.requests), 3
+                    )
                 if count_here and own_redis:
                     n = sum(after.values()) - sum(before.values())
                     b.counts["redis_cpu_us_per_ping"] = round(

@@ -92,12 +92,22 @@ def plan(result: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
     ro = counts.get("redis_per_offer_with_caps")
     redis: dict[str, Any] = {}
     if rp:
-        ping_cmds = rp["round_trips"] + rp["commands_in_lua"]
+        # A replica whose copy of a device's state is behind pays a second script for pings
+        # inside or leaving a fence. The counts above were taken with one worker that had seen
+        # every device; the timed 2-worker run spreads each device over two workers, as a
+        # load balancer spreads it over replicas: plan with the larger of the two.
+        spread = (counts.get("scripts_per_ping_timed") or {}).get("2w")
+        factor = max(1.0, spread / rp["round_trips"]) if spread and rp["round_trips"] else 1.0
+        ping_cmds = (rp["round_trips"] + rp["commands_in_lua"]) * factor
         offer_extra_rt = (ro["round_trips"] - rp["round_trips"]) if ro else 0.0
-        offer_extra_cmds = (ro["round_trips"] + ro["commands_in_lua"]) - ping_cmds if ro else 0.0
-        rt = peak * rp["round_trips"] + offers * offer_extra_rt
+        offer_extra_cmds = (
+            (ro["round_trips"] + ro["commands_in_lua"]) - rp["round_trips"] - rp["commands_in_lua"]
+            if ro
+            else 0.0
+        )
+        rt = peak * rp["round_trips"] * factor + offers * offer_extra_rt
         cmds = peak * ping_cmds + offers * offer_extra_cmds
-        redis.update(round_trips_s=rt, commands_s=cmds)
+        redis.update(round_trips_s=rt, commands_s=cmds, spread_factor=factor)
         redis["shards_by_ops"] = math.ceil(cmds / a.redis_shard_ops)
     cpu_us = counts.get("redis_cpu_us_per_ping")
     if cpu_us:
@@ -185,6 +195,13 @@ def report(result: dict[str, Any], p: dict[str, Any], a: argparse.Namespace, src
         L.append(
             f"  Redis per ping: {rp['round_trips']} round trips + {rp['commands_in_lua']} "
             f"commands inside Lua ({', '.join(f'{k} {v}' for k, v in rp['by_command'].items())})"
+        )
+    spread = counts.get("scripts_per_ping_timed")
+    if spread:
+        L.append(
+            "  scripts per ping in the timed runs (a worker's copy of a device's state may be "
+            f"behind): {', '.join(f'{k} {v}' for k, v in spread.items())}; Redis is planned "
+            f"with × {p['redis'].get('spread_factor', 1.0):.2f} (devices spread over replicas)"
         )
     if ro:
         L.append(

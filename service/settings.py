@@ -72,7 +72,8 @@ class Settings(BaseSettings):
         description=(
             "FastAPI's native OpenTelemetry (traces, metrics and logs through the globally "
             "configured providers). Off by default: /metrics already exports Prometheus "
-            "metrics, and looking the providers up costs CPU on every request (profiled)."
+            "metrics, and looking the providers up costs CPU on every request (profiled). "
+            "When on, pings take the routed endpoints, which FastAPI instruments."
         ),
     )
     log_level: str = Field(

@@ -54,6 +54,8 @@ return {2, 1}
 """
 _CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()
 
+#: How a state with no visit ends, as the service writes it (the script checks the same).
+_NO_VISIT = b',"in":{}}'
 MAX_ATTEMPTS = 50
 #: Devices whose last state this replica remembers (bytes, for the compare-and-set).
 CACHE_MAX = 200_000
@@ -125,6 +127,8 @@ class RedisStateStore:
         state_key, answer_key = self._keys(device_id, ping_key)
         denied_key = self._device_denied(device_id)
         known = self._known.get(device_id, b"")
+        if idle is not None and known and not known.endswith(_NO_VISIT):
+            idle = None  # this replica saw a visit last: the step on its copy is likelier right
         try:
             for _ in range(MAX_ATTEMPTS):
                 new_state: dict[str, Any] | None

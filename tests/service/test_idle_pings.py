@@ -79,6 +79,9 @@ def test_a_ping_far_from_fences_takes_one_round_trip_on_any_replica(
 
 def test_an_exit_seen_by_another_replica_is_not_skipped(replicas: tuple[Replica, Replica]) -> None:
     a, b = replicas
+    assert kinds(a.ping(*CENTER, ago(70))) == [("enter", "s-001")]
+    # The replica that saw the visit steps from its copy at once.
+    assert kinds(a.ping(*FAR, ago(65))) == [("exit", "s-001")] and a.calls == 1
     assert kinds(a.ping(*CENTER, ago(60))) == [("enter", "s-001")]
     away = b.ping(*FAR, ago(50))
     assert kinds(away) == [("exit", "s-001")]
