@@ -33,6 +33,17 @@ class Idle:
     body: bytes
 
 
+def compact(raw: bytes) -> bytes:
+    """A copy of ``raw`` that takes only its own length in memory.
+
+    orjson's output is a bytes object whose allocation stays at orjson's 4 KB starting
+    buffer (``sys.getsizeof`` does not show it; tracemalloc does: 4,098 bytes per 61-byte
+    state document). Anything kept for long (cached states, remembered answers) is stored
+    through this, or 200 k cached device states take 800 MB instead of 30.
+    """
+    return bytes(memoryview(raw))
+
+
 class StateUnavailable(Exception):
     """The state backend cannot be reached; pings answer without events instead of 5xx."""
 

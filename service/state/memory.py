@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from service.state.base import Idle, Step
+from service.state.base import Idle, Step, compact
 
 
 class MemoryStateStore:
@@ -56,7 +56,7 @@ class MemoryStateStore:
         new_state, body = step(current)
         if new_state is not None:
             self._state[device_id] = (new_state, now + self._state_ttl)
-        self._answers[(device_id, ping_key)] = (body, now + self._answer_ttl)
+        self._answers[(device_id, ping_key)] = (compact(body), now + self._answer_ttl)
         return body
 
     async def deny(self, user_key: str) -> None:
@@ -74,7 +74,7 @@ class MemoryStateStore:
             await self.deny(user_key)
 
     async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
-        self._answers[(device_id, ping_key)] = (body, time.monotonic() + self._answer_ttl)
+        self._answers[(device_id, ping_key)] = (compact(body), time.monotonic() + self._answer_ttl)
 
     async def answer(self, device_id: str, ping_key: str) -> bytes | None:
         held = self._answers.get((device_id, ping_key))

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from service.state.base import Idle, StateUnavailable, Step
+from service.state.base import Idle, StateUnavailable, Step, compact
 from service.state.resp import LeanRedis, lean_client_supported
 
 # KEYS: state, answer, consent flag. ARGV: expected state ('' = none), new state ('' =
@@ -172,7 +172,7 @@ class RedisStateStore:
     def _remember(self, device_id: str, raw: bytes) -> None:
         if len(self._known) >= CACHE_MAX and device_id not in self._known:
             self._known.pop(next(iter(self._known)))  # oldest inserted: a cheap bound
-        self._known[device_id] = raw
+        self._known[device_id] = compact(raw)
 
     async def _admit(self, user_key: str, device_id: str, state_key: str, answer_key: str) -> bool:
         no_consent = self._user_key(user_key, "no_consent")

@@ -1,0 +1,87 @@
+"""What the state stores keep for long takes its own size in memory.
+
+orjson's output holds a 4 KB allocation whatever its length; cached device states and
+remembered answers are compacted before they are kept (``service.state.base.compact``).
+Measured with tracemalloc, which counts allocations: deterministic, no timing involved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from typing import Any
+
+import orjson
+
+from service.state.base import compact
+from service.state.memory import MemoryStateStore
+from service.state.redis_store import RedisStateStore
+
+N = 2_000
+
+
+def _step(ts: float) -> Any:
+    def step(current: dict[str, Any] | None) -> tuple[dict[str, Any], bytes]:
+        answer = orjson.dumps({"ping_id": "p", "events": [], "offer": None, "reason": "x"})
+        return {"t": ts, "in": {}}, answer
+
+    return step
+
+
+def _growth(run: Any) -> int:
+    """Bytes still allocated after ``run()`` that were not before."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        keep = run()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del keep
+    return after - before
+
+
+def test_compact_copies_into_a_buffer_of_its_own_length() -> None:
+    raw = orjson.dumps({"t": 1.0, "in": {}})
+    assert compact(raw) == raw
+    # 100 orjson outputs hold ~400 KB; their compact copies a few KB.
+    assert _growth(lambda: [orjson.dumps({"t": float(i), "in": {}}) for i in range(100)]) > 300_000
+    raws = [orjson.dumps({"t": float(i), "in": {}}) for i in range(100)]
+    assert _growth(lambda: [compact(r) for r in raws]) < 20_000
+
+
+def test_redis_store_caches_compact_states(redis_url: str, redis_prefix: str) -> None:
+    async def main() -> int:
+        store = RedisStateStore.from_url(redis_url, redis_prefix, 3600.0, 60)
+        try:
+            for i in range(50):  # connections, script load: before the measurement
+                await store.process(f"warm-{i}", "p", _step(1.0))
+
+            async def many() -> None:
+                for i in range(N):
+                    await store.process(f"dev-{i}", "p", _step(1.0 + i))
+
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            await many()
+            after = tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
+            assert len(store._known) == N + 50
+            return after - before
+        finally:
+            await store.close()
+
+    growth = asyncio.run(main())
+    # Cached state bytes and device ids: ~200 B per device; orjson's buffers would be 4 KB.
+    assert growth < N * 600, growth
+
+
+def test_memory_store_keeps_compact_answers() -> None:
+    store = MemoryStateStore(3600.0, 3600.0)
+
+    async def main() -> None:
+        for i in range(N):
+            await store.process(f"dev-{i}", "p", _step(1.0 + i))
+
+    growth = _growth(lambda: asyncio.run(main()))
+    assert growth < N * 1_000, growth
