@@ -123,15 +123,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_rss_mb(pid: int) -> dict[str, float]:
-    """Resident memory of a process and its descendants (Linux ``/proc``), in MB by kind:
-    the server's own processes (supervisor, workers), index build children, and
+def tree_rss_mb(pid: int, workers: int) -> dict[str, float]:
+    """Resident memory of a server process and its descendants (Linux ``/proc``), in MB by
+    kind: the server's own processes (uvicorn's supervisor and its workers; with one worker
+    the server is the worker), index build children (started by a worker), and
     multiprocessing's resource trackers."""
     out = {"service": 0.0, "build children": 0.0, "resource trackers": 0.0}
-    todo = [pid]
+    todo = [(pid, 0)]
     while todo:
-        p = todo.pop()
-        todo += _children(p)
+        p, depth = todo.pop()
+        todo += [(c, depth + 1) for c in _children(p)]
         try:
             with open(f"/proc/{p}/cmdline", "rb") as f:
                 cmd = f.read()
@@ -139,13 +140,12 @@ def tree_rss_mb(pid: int) -> dict[str, float]:
                 rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
         except (OSError, StopIteration):
             continue
-        kind = (
-            "resource trackers"
-            if b"resource_tracker" in cmd
-            else "build children"
-            if b"multiprocessing.spawn" in cmd
-            else "service"
-        )
+        if b"resource_tracker" in cmd:
+            kind = "resource trackers"
+        elif depth == 0 or (depth == 1 and workers > 1):
+            kind = "service"
+        else:
+            kind = "build children"
         out[kind] += rss_kb / 1024
     return {k: round(v, 1) for k, v in out.items()}
 
@@ -1200,7 +1200,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
             raise
         b.startup_s[f"service {workers}w #{len(b.startup_s) + 1}"] = ready_s
         b.counts.setdefault("service_rss_mb_at_ready", {})[f"{workers}w"] = tree_rss_mb(
-            srv.proc.pid
+            srv.proc.pid, workers
         )
         return srv
 
@@ -1219,7 +1219,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
                 scripts0 = own_redis.script_calls() if own_redis else 0
                 res = b.measure("service ping", w, srv)
                 b.counts.setdefault("service_rss_mb_after_ping_run", {})[f"{w}w"] = tree_rss_mb(
-                    srv.proc.pid
+                    srv.proc.pid, w
                 )
                 after = metrics(srv.port)
                 reasons[f"service ping {w}w"] = reason_mix(mid, after)
