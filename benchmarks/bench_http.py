@@ -606,6 +606,26 @@ class Bench:
             log(f"  errors: the end of {srv.name}'s log:\n{srv.tail(15)}")
         return res
 
+    def reference(
+        self, w: int, target: str, app: str, latency_label: str, env: dict[str, str], latency: bool
+    ) -> None:
+        """A raw ASGI reference app: its timed run, then (``latency``) the open loop at the
+        rate of the service's 70 % row with as many workers."""
+        port = free_port()
+        srv = Server(f"{target} {w}w", uvicorn_cmd(app, port, w), env, port, self.workdir)
+        try:
+            srv.wait_ready("/", 30)
+            self.warm(srv)
+            self.measure(target, w, srv)
+            ping_row = next(
+                (r for r in self.runs if r["target"] == "service ping" and r["workers"] == w),
+                None,
+            )
+            if ping_row and latency:
+                self.constant_rate(latency_label, w, port, ping_row["rps"] * LOAD_FRACTION)
+        finally:
+            srv.stop()
+
     def body_maker(self, mode: str) -> Callable[[], bytes]:
         """The same request mix as the Lua script, for the Python clients."""
         pts = self.inside if mode == "offer" else self.points
@@ -1266,43 +1286,21 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
             if w == 1:
                 time.sleep(1.5)  # backends have exited and flushed their counters
                 b.counts["pg_per_ping"] = per(sub(db.stats(), db_before), answered)
+
         if wanted("echo"):
             log(f"raw ASGI echo, {w} worker(s)")
-            port = free_port()
-            srv = Server(f"echo {w}w", uvicorn_cmd("apps:echo_app", port, w), env, port, workdir)
-            try:
-                srv.wait_ready("/", 30)
-                b.warm(srv)
-                b.measure("echo", w, srv)
-                ping_row = next(
-                    (r for r in b.runs if r["target"] == "service ping" and r["workers"] == w),
-                    None,
-                )
-                if ping_row and wanted("latency"):
-                    b.constant_rate("echo (client floor)", w, port, ping_row["rps"] * LOAD_FRACTION)
-            finally:
-                srv.stop()
+            b.reference(w, "echo", "apps:echo_app", "echo (client floor)", env, wanted("latency"))
         if wanted("floor"):
             log(f"raw ASGI + one Redis script (floor), {w} worker(s)")
-            port = free_port()
             fenv = {**env, "BENCH_FLOOR_REDIS_URL": redis_url, "BENCH_FLOOR_PREFIX": f"{prefix}f"}
-            srv = Server(
-                f"floor {w}w", uvicorn_cmd("apps:redis_floor_app", port, w), fenv, port, workdir
+            b.reference(
+                w,
+                "floor",
+                "apps:redis_floor_app",
+                "floor (1 Redis script)",
+                fenv,
+                wanted("latency"),
             )
-            try:
-                srv.wait_ready("/", 30)
-                b.warm(srv)
-                b.measure("floor", w, srv)
-                ping_row = next(
-                    (r for r in b.runs if r["target"] == "service ping" and r["workers"] == w),
-                    None,
-                )
-                if ping_row and wanted("latency"):
-                    b.constant_rate(
-                        "floor (1 Redis script)", w, port, ping_row["rps"] * LOAD_FRACTION
-                    )
-            finally:
-                srv.stop()
             if args.redis_url:
                 delete_prefix(args.redis_url, f"{prefix}f")
         if wanted("naive"):
