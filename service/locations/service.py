@@ -41,7 +41,7 @@ from service.observability import observe_ping
 from service.offers.service import OfferContext, VisitTrigger, could_fire
 from service.offers.service import decide as decide_offer
 from service.settings import Settings
-from service.state import Idle, StateStore, StateUnavailable
+from service.state import StateStore, StateUnavailable
 
 log = logging.getLogger("geo_offers.locations")
 
@@ -186,15 +186,11 @@ async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: b
             reason = "no_trigger"
         return new_state.to_doc(), _answer(pid, event_docs, reason)
 
-    idle = None
-    if not matches:
-        # No fence here (or too inaccurate to tell): the outcome is the same for every
-        # state without a visit, so the store need not read the state first (Idle).
-        idle_state, idle_body = decide(None)
-        assert idle_state is not None
-        idle = Idle(ts, idle_state, idle_body)
+    # No fence here (or too inaccurate to tell): the outcome is the same for every state
+    # without a visit, so the store need not read the state first (StateStore.process).
+    idle_at = None if matches else ts
     try:
-        body = await ctx.store.process(ping.device_id, pid, decide, user_key, idle)
+        body = await ctx.store.process(ping.device_id, pid, decide, user_key, idle_at)
         if body is None:  # consent withdrawn: the store dropped and keeps nothing
             return _answer(pid, [], "consent_denied")
     except StateUnavailable as exc:

@@ -1,5 +1,5 @@
 """Per-device state behind one interface: Redis in production, in-process when embedded."""
 
-from service.state.base import Idle, StateStore, StateUnavailable, Step
+from service.state.base import StateStore, StateUnavailable, Step
 
-__all__ = ["Idle", "StateStore", "StateUnavailable", "Step"]
+__all__ = ["StateStore", "StateUnavailable", "Step"]

@@ -9,28 +9,10 @@ replica changed the device in between, ``step`` runs again on the fresh state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 #: step(current state or None) -> (new state, or None to keep the current one; answer bytes)
 Step = Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, bytes]]
-
-
-@dataclass(frozen=True, slots=True)
-class Idle:
-    """What ``step`` returns for every *idle* state, known before the state is read.
-
-    A state is idle when it lists no visit (``"in"`` is empty) and its last ping (``"t"``)
-    is not after ``ts``; no state at all counts as idle. For a ping that matches no fence,
-    or is too inaccurate to match, the step's result is the same for all of them, so a
-    store may store ``state`` and ``body`` once it has seen that the current state is idle,
-    without running ``step`` on it (a store that is not sure runs ``step``). State documents
-    are ``{"t": <epoch s>, "in": {...}}`` (:meth:`geofences.visits.DeviceState.to_doc`).
-    """
-
-    ts: float
-    state: dict[str, Any]
-    body: bytes
 
 
 def compact(raw: bytes) -> bytes:
@@ -55,14 +37,21 @@ class StateStore(Protocol):
         ping_key: str,
         step: Step,
         user_key: str | None = None,
-        idle: Idle | None = None,
+        idle_at: float | None = None,
     ) -> bytes | None:
         """The answer; None when the user withdrew location consent (nothing was stored).
 
         ``user_key`` (user_id, else device_id) is checked for consent when the device has no
         state yet, and the device is linked to it, so that a later consent change or erasure
-        of the user reaches the device. ``idle``: the step's result for idle states, when
-        the caller knows it (see :class:`Idle`); the answer is the same with or without it.
+        of the user reaches the device.
+
+        ``idle_at``: the caller's promise that ``step`` gives the same result for every
+        *idle* state — one that lists no visit (``"in"`` empty) and whose last ping (``"t"``)
+        is not after ``idle_at`` — as for no state at all; true of a ping that matches no
+        fence or is too inaccurate to match. A store may then run ``step(None)`` and store
+        its result once it has seen that the current state is idle, without reading the
+        state first; the answer is the same with or without it. State documents are
+        ``{"t": <epoch s>, "in": {...}}`` (:meth:`geofences.visits.DeviceState.to_doc`).
         """
         ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from service.state.base import Idle, Step, compact
+from service.state.base import Step, compact
 
 
 class MemoryStateStore:
@@ -32,10 +32,10 @@ class MemoryStateStore:
         ping_key: str,
         step: Step,
         user_key: str | None = None,
-        idle: Idle | None = None,
+        idle_at: float | None = None,
     ) -> bytes | None:
-        """See :class:`service.state.base.StateStore`; ``idle`` is not needed here (``step``
-        on the state in hand is as cheap)."""
+        """See :class:`service.state.base.StateStore`; ``idle_at`` is not needed here (the
+        state is in hand)."""
         now = time.monotonic()
         self._calls += 1
         if self._calls % self._sweep_every == 0:

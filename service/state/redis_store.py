@@ -5,7 +5,7 @@ Every key of a device (state, remembered answers, consent flag) shares the hash 
 
 The ping path costs one round trip in the steady state. A ping that matches no fence (most
 pings: phones are rarely in a store) has the same outcome for every *idle* state (no visit,
-last ping not later; :class:`service.state.base.Idle`), so the script stores it once it has
+last ping not later; ``idle_at`` of ``StateStore.process``), so the script stores it once it has
 seen that the state is idle, whichever replica saw the device last. Any other ping's step is
 computed from this replica's last known copy of the device's state and sent as a
 compare-and-set; only when Redis holds something else (another replica moved the device on,
@@ -27,12 +27,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from service.state.base import Idle, StateUnavailable, Step, compact
+from service.state.base import StateUnavailable, Step, compact
 from service.state.resp import LeanRedis, lean_client_supported
 
 # KEYS: state, answer, consent flag. ARGV: expected state ('' = none), new state ('' =
 # keep), state ttl ms, answer, answer ttl s, idle ts ('' = compare with the expected state;
-# else any idle state (service.state.base.Idle) at or before that ts will do).
+# else any idle state (StateStore.process, idle_at) at or before that ts will do).
 # Returns {3} consent withdrawn | {0, first answer} | {1, current state or ''} |
 # {2, 1 if the device had no state else 0} stored.
 _CAS = """
@@ -122,20 +122,19 @@ class RedisStateStore:
         ping_key: str,
         step: Step,
         user_key: str | None = None,
-        idle: Idle | None = None,
+        idle_at: float | None = None,
     ) -> bytes | None:
         state_key, answer_key = self._keys(device_id, ping_key)
         denied_key = self._device_denied(device_id)
         known = self._known.get(device_id, b"")
-        if idle is not None and known and not known.endswith(_NO_VISIT):
-            idle = None  # this replica saw a visit last: the step on its copy is likelier right
+        if idle_at is not None and known and not known.endswith(_NO_VISIT):
+            idle_at = None  # this replica saw a visit last: the step on its copy is likelier right
         try:
             for _ in range(MAX_ATTEMPTS):
-                new_state: dict[str, Any] | None
                 idle_ts: float | str
-                if idle is not None:  # first attempt: any idle state will do
-                    new_state, body, idle_ts = idle.state, idle.body, idle.ts
-                    idle = None
+                if idle_at is not None:  # first attempt: any idle state will do
+                    new_state, body = step(None)
+                    idle_ts, idle_at = idle_at, None
                 else:
                     current: dict[str, Any] | None = orjson.loads(known) if known else None
                     new_state, body = step(current)
