@@ -117,7 +117,12 @@ def error_response(exc: Exception) -> ORJSONResponse | None:
 
 
 def unexpected_response() -> ORJSONResponse:
+    """Log the exception being handled (inside the request's id) and answer 500."""
     log.exception("unhandled error")
+    return _internal_error()
+
+
+def _internal_error() -> ORJSONResponse:
     return ORJSONResponse(error_body("internal_error", "internal error (a bug)"), 500)
 
 
@@ -139,4 +144,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
-        return unexpected_response()
+        # Starlette's outermost layer calls this after RequestMiddleware has logged the bug
+        # and answered it inside the request's id (service.observability); this answer is
+        # sent only if nothing was.
+        return _internal_error()

@@ -45,7 +45,7 @@ from pythonjsonlogger.json import JsonFormatter
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import TooManyRequests, error_body
+from service.errors import TooManyRequests, error_body, unexpected_response
 from service.responses import ORJSONResponse
 from service.settings import Settings
 
@@ -89,16 +89,23 @@ IMPORT_DURATION = Histogram(
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-_PING_CHILDREN: dict[str, Any] = {}
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """The child of ``metric`` for a label set, looked up once (``labels()`` takes a lock and
+    builds a tuple on every call). Only for bounded label sets (methods, route templates,
+    status classes, reason codes): the cache keeps every set it has seen."""
+    key = (metric, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
 
 
 def observe_ping(reason: str) -> None:
-    """Count one answered ping by its reason code (``offer_issued``, ``no_trigger``, …).
-    The counter child of each reason is looked up once (a bounded set of codes)."""
-    child = _PING_CHILDREN.get(reason)
-    if child is None:
-        child = _PING_CHILDREN[reason] = PINGS.labels(reason)
-    child.inc()
+    """Count one answered ping by its reason code (``offer_issued``, ``no_trigger``, …)."""
+    _child(PINGS, reason).inc()
 
 
 def observe_offer(campaign_id: str) -> None:
@@ -363,8 +370,12 @@ class RequestMiddleware:
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            if not status:  # a bug, nothing sent: log and answer it within the request's id
+                await unexpected_response()(scope, receive, send_with_id)
+            raise  # on to Starlette's outermost layer and the server's log
         finally:
-            status = status or 500  # raised (answered 500 further out) or never answered
+            status = status or 500  # raised after answering, or never answered
             route = route_template(scope, self.templates if status != 404 else None)
             end_request(scope, route, status, started, token)
 
@@ -388,7 +399,7 @@ def end_request(
     elapsed = time.perf_counter() - started
     method = scope.get("method", "GET")
     method = method if method in _METHODS else "other"
-    _duration(method, route, status // 100).observe(elapsed)
+    _child(REQUEST_DURATION, method, route, f"{status // 100}xx").observe(elapsed)
     if access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "%s %s %d",
@@ -403,20 +414,6 @@ def end_request(
             },
         )
     _request_id.reset(token)
-
-
-_DURATION_CHILDREN: dict[tuple[str, str, int], Any] = {}
-
-
-def _duration(method: str, route: str, status_class: int) -> Any:
-    """The histogram child of a label set, looked up once (``labels()`` takes a lock and
-    builds a tuple on every call). Bounded: methods, route templates and status classes."""
-    key = (method, route, status_class)
-    child = _DURATION_CHILDREN.get(key)
-    if child is None:
-        child = REQUEST_DURATION.labels(method, route, f"{status_class}xx")
-        _DURATION_CHILDREN[key] = child
-    return child
 
 
 UPLOAD_PATHS = frozenset({"/v1/geofences/import", "/v1/campaigns/import"})

@@ -191,16 +191,7 @@ class PingLane:
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
         limit = self.max_body_bytes
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
-            await send(message)
-
-        try:
+        try:  # nothing is sent inside: an error can always be answered
             if declared > limit:
                 raise _TooLarge
             body = await _read_body(receive, limit)
@@ -213,15 +204,14 @@ class PingLane:
             else:
                 answer = await answer_batch(state, auth, body)
         except _TooLarge:
-            await too_large_response(limit)(scope, receive, send_with_id)
+            await _answer_error(too_large_response(limit), scope, receive, send, request_id)
             return 413
         except Exception as exc:
             response = error_response(exc)
-            if response is None:
-                if not started:
-                    await unexpected_response()(scope, receive, send_with_id)
+            if response is None:  # a bug: the app's 500, then up for the server's log
+                await _answer_error(unexpected_response(), scope, receive, send, request_id)
                 raise
-            await response(scope, receive, send_with_id)
+            await _answer_error(response, scope, receive, send, request_id)
             return response.status_code
         await send(
             {
@@ -239,6 +229,13 @@ class PingLane:
 
 
 _PATHS = frozenset({PING_PATH, BATCH_PATH})
+
+
+async def _answer_error(
+    response: Response, scope: Scope, receive: Receive, send: Send, request_id: bytes
+) -> None:
+    response.raw_headers.append((b"x-request-id", request_id))
+    await response(scope, receive, send)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

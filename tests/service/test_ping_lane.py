@@ -4,6 +4,9 @@ endpoints do, errors included; and it carries request ids, route labels and body
 from __future__ import annotations
 
 import contextlib
+import io
+import json
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +17,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.auth import Role, create_key
 from service.locations.router import PingLane
+from service.observability import json_handler
 from service.settings import Settings
 from tests.helpers import ago, iso
 from tests.service.conftest import _reset_postgis
@@ -119,3 +123,33 @@ def test_lane_labels_routes_and_keeps_body_limits(
     assert "unmatched" not in "".join(
         line for line in metrics.splitlines() if "POST" in line and "/v1/locations" in line
     )
+
+
+def test_a_bug_is_a_500_in_the_error_shape_with_a_request_id(
+    pg_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the lane and through the routed endpoint (the middleware stack) alike: one
+    error log line carrying the request id, and the id in the 500's headers."""
+
+    async def broken(*args: Any) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("service.locations.router.answer_ping", broken)
+    for lane in (True, False):
+        app = create_app(pg_settings)
+        if not lane:
+            app.ping_lane = None
+        out = io.StringIO()
+        handler = json_handler(out)  # the service's JSON log format
+        logging.getLogger().addHandler(handler)
+        try:
+            with TestClient(app, raise_server_exceptions=False) as c:
+                r = c.post("/v1/locations", json={}, headers={"X-Request-ID": "req-500"})
+        finally:
+            logging.getLogger().removeHandler(handler)
+        assert r.status_code == 500, (lane, r.text)
+        assert r.json()["error"]["code"] == "internal_error"
+        assert r.headers["x-request-id"] == "req-500"
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        logged = [d["request_id"] for d in lines if d["message"] == "unhandled error"]
+        assert logged == ["req-500"], lane
