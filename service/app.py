@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.types import Receive, Scope, Send
 
@@ -20,16 +21,20 @@ from service.caps.memory import MemoryCapStore
 from service.caps.redis_caps import RedisCapStore
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
-from service.errors import install_error_handlers
 from service.fences import builder
 from service.fences.router import router as fences_router
 from service.fences.service import IndexHolder
+from service.http.body_limit import BodyLimitMiddleware
+from service.http.errors import install_error_handlers
+from service.http.requests import RequestMiddleware, RouteTemplates
 from service.locations.router import PingLane
 from service.locations.router import router as locations_router
 from service.locations.service import PingContext
-from service.observability import install_observability
+from service.logs import setup_logging
+from service.metrics import metrics_registry, refresh_gauges
 from service.offers.router import router as redemptions_router
 from service.offers.service import OfferContext
+from service.ratelimit import DeviceRateLimiter
 from service.responses import ORJSONResponse
 from service.settings import Settings
 from service.state.memory import MemoryStateStore
@@ -64,6 +69,24 @@ class GeoOffersAPI(FastAPI):
             await lane(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+def install_observability(app: FastAPI, settings: Settings) -> None:
+    """JSON logs, request ids and timing, body limits, the device limiter and ``/metrics``."""
+    setup_logging(settings.log_level)
+    app.state.device_limiter = DeviceRateLimiter(settings.device_rate_per_s, settings.device_burst)
+    # The last added middleware runs first: ids and timing also cover the 413s.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    app.add_middleware(RequestMiddleware, templates=RouteTemplates(app.openapi))
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        refresh_gauges(request.app.state)
+        return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings | None = None) -> GeoOffersAPI:

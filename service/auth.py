@@ -1,4 +1,4 @@
-"""API keys: roles, hashed storage, and the FastAPI dependency that checks them.
+"""API keys: roles, hashed storage, and the check of an ``Authorization`` header value.
 
 Keys are 256-bit random tokens, so a plain SHA-256 is enough to store them (no password
 stretching needed); only the hash is kept. Lookups are cached for ``key_cache_s`` so the
@@ -11,11 +11,9 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 import anyio.to_thread
-from fastapi import Request
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -133,14 +131,3 @@ async def check_key(keys: KeyCache, header: str, allowed: frozenset[Role]) -> Ro
 def allowing(*roles: Role) -> frozenset[Role]:
     """``roles`` and admin (admin keys pass everywhere)."""
     return frozenset({*roles, Role.admin})
-
-
-def require(*roles: Role) -> Callable[[Request], Awaitable[Role]]:
-    """Dependency: the request carries a key of one of ``roles`` (admin passes everywhere)."""
-    allowed = allowing(*roles)
-
-    async def _check(request: Request) -> Role:
-        header = request.headers.get("authorization", "")
-        return await check_key(request.app.state.keys, header, allowed)
-
-    return _check

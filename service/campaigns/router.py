@@ -8,9 +8,10 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, UploadFile
 from pydantic import BaseModel
 
-from service.auth import Role, require
+from service.auth import Role
 from service.campaigns import service
-from service.observability import time_import
+from service.http.auth import require
+from service.metrics import time_import
 from service.offers.report import campaign_report
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])

@@ -7,12 +7,13 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response, UploadFile
 
-from service.auth import Role, require
+from service.auth import Role
 from service.errors import InvalidInput
 from service.fences import service
 from service.fences.repository import Near
 from service.fences.schemas import FenceList, FencePublic, ImportOut
-from service.observability import time_import
+from service.http.auth import require
+from service.metrics import time_import
 
 router = APIRouter(prefix="/v1/geofences", tags=["geofences"])
 AdminKey = Annotated[Role, Depends(require(Role.admin))]

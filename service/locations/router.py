@@ -26,15 +26,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from service.auth import Role, allowing, check_key
-from service.errors import Forbidden, InvalidInput, error_response, unexpected_response
+from service.errors import Forbidden, InvalidInput
+from service.http.body_limit import too_large_response
+from service.http.errors import error_response, unexpected_response
+from service.http.requests import begin_request, end_request
 from service.locations.schemas import PingBatchIn, PingBatchOut, PingIn, PingOut
 from service.locations.service import PingContext, check_not_future, process_ping
-from service.observability import (
-    begin_request,
-    check_device_rate,
-    end_request,
-    too_large_response,
-)
+from service.ratelimit import check_device_rate
 
 router = APIRouter(prefix="/v1/locations", tags=["locations"])
 PING_PATH = "/v1/locations"
@@ -152,9 +150,9 @@ class PingLane:
 
     It does for its two routes what the stack does for the others, with the same
     functions: the request id (``X-Request-ID`` in and out, in every log line), the latency
-    histogram and access line (:func:`service.observability.end_request`), the body limit
-    (413, :func:`service.observability.too_large_response`), errors in the one error shape
-    (:func:`service.errors.error_response`), and a bug answered 500 as the app's handler
+    histogram and access line (:func:`service.http.requests.end_request`), the body limit
+    (413, :func:`service.http.body_limit.too_large_response`), errors in the one error shape
+    (:func:`service.http.errors.error_response`), and a bug answered 500 as the app's handler
     does (then re-raised, as Starlette does, for the server's log).
     """
 

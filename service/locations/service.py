@@ -37,7 +37,7 @@ from service.campaigns.service import CampaignHolder, CampaignSet
 from service.errors import FuturePing
 from service.fences.service import IndexHolder
 from service.locations.schemas import PingIn
-from service.observability import observe_ping
+from service.metrics import observe_ping
 from service.offers.service import OfferContext, VisitTrigger, could_fire
 from service.offers.service import decide as decide_offer
 from service.settings import Settings

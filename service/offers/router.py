@@ -8,7 +8,8 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Request
 from pydantic import BaseModel, Field
 
-from service.auth import Role, require
+from service.auth import Role
+from service.http.auth import require
 from service.offers.redemptions import redeem
 
 router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])

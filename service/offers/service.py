@@ -43,7 +43,7 @@ from service.campaigns import rules
 from service.campaigns.service import CampaignSet
 from service.campaigns.spec import Campaign
 from service.caps.base import Cap, CapRequest, CapStore, CapUnavailable
-from service.observability import observe_cap_rejection, observe_offer
+from service.metrics import observe_cap_rejection, observe_offer
 from service.offers import repository as repo
 from service.users.service import load_facts_inputs
 

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from service.auth import Role, require
+from service.auth import Role
 from service.errors import NotFound
+from service.http.auth import require
 from service.users import service
 from service.users.schemas import AttributesPatch, UserEventIn, UserEventOut
 

@@ -14,11 +14,9 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from service.errors import TooManyRequests
-from service.observability import (
-    BodyLimitMiddleware,
-    DeviceRateLimiter,
-    check_device_rate,
-    json_handler,
+from service.http.body_limit import BodyLimitMiddleware
+from service.logs import json_handler
+from service.metrics import (
     metrics_registry,
     observe_cap_rejection,
     observe_offer,
@@ -27,6 +25,7 @@ from service.observability import (
     set_index,
     time_import,
 )
+from service.ratelimit import DeviceRateLimiter, check_device_rate
 from tests.helpers import ago, iso
 from tests.service.conftest import Api
 

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.auth import Role, create_key
 from service.locations.router import PingLane
-from service.observability import json_handler
+from service.logs import json_handler
 from service.settings import Settings
 from tests.helpers import ago, iso
 from tests.service.conftest import _reset_postgis
