@@ -72,7 +72,12 @@ class StateStore(Protocol):
     async def forget(self, device_id: str) -> None: ...
 
     async def devices_of(self, user_key: str) -> set[str]:
-        """The devices linked to ``user_key`` (for erasure); forgets the link."""
+        """The devices linked to ``user_key`` (for erasure)."""
+        ...
+
+    async def unlink(self, user_key: str) -> None:
+        """Forget which devices ``user_key`` used (the last step of an erasure, so that a
+        retried erasure still finds them)."""
         ...
 
     async def ready(self) -> bool: ...

@@ -81,7 +81,10 @@ class MemoryStateStore:
         return held[0] if held is not None and held[1] > time.monotonic() else None
 
     async def devices_of(self, user_key: str) -> set[str]:
-        return set(self._devices.pop(user_key, set()))
+        return set(self._devices.get(user_key, set()))
+
+    async def unlink(self, user_key: str) -> None:
+        self._devices.pop(user_key, None)
 
     async def forget(self, device_id: str) -> None:
         """Drop a device's state and its remembered answers (consent withdrawn, erasure)."""

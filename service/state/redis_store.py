@@ -234,13 +234,18 @@ class RedisStateStore:
         return None if raw is None else (raw if isinstance(raw, bytes) else raw.encode())
 
     async def devices_of(self, user_key: str) -> set[str]:
-        """The devices linked to a user (for erasure); the link is dropped."""
+        """The devices linked to a user (for erasure)."""
         try:
             devices = await self._linked(user_key)
-            await self._r.delete(self._user_key(user_key, "devices"))
         except RedisError as exc:
             raise StateUnavailable(str(exc)) from exc
         return devices - {user_key}
+
+    async def unlink(self, user_key: str) -> None:
+        try:
+            await self._r.delete(self._user_key(user_key, "devices"))
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
 
     async def forget(self, device_id: str) -> None:
         """Drop a device's state and remembered answers (consent withdrawn, erasure); the
