@@ -25,13 +25,14 @@ from service.fences import builder
 from service.fences.router import router as fences_router
 from service.fences.service import IndexHolder
 from service.http.body_limit import BodyLimitMiddleware
+from service.http.docs import error_responses, install_docs
 from service.http.errors import install_error_handlers
 from service.http.requests import RequestMiddleware, RouteTemplates
 from service.locations.router import PingLane
 from service.locations.router import router as locations_router
 from service.locations.service import PingContext
 from service.logs import setup_logging
-from service.metrics import metrics_registry, refresh_gauges
+from service.metrics import metrics_registry, refresh_gauges, set_pending_erasures
 from service.offers.router import router as redemptions_router
 from service.offers.service import OfferContext
 from service.ratelimit import DeviceRateLimiter
@@ -39,6 +40,7 @@ from service.responses import ORJSONResponse
 from service.settings import Settings
 from service.state.memory import MemoryStateStore
 from service.state.redis_store import RedisStateStore
+from service.users.erasure import Eraser
 from service.users.repository import users_without_consent
 from service.users.router import router as users_router
 
@@ -131,9 +133,17 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         app.state.ping_context = PingContext(
             settings, holder, store, campaign_holder, OfferContext(engine, caps)
         )
+        eraser = app.state.eraser = Eraser(engine, store, caps)
+
+        async def resume_erasures() -> bool:
+            await eraser.resume()
+            set_pending_erasures(await anyio.to_thread.run_sync(eraser.pending))
+            return True
+
         pollers = [
             asyncio.create_task(poll(holder.refresh, settings.index_poll_s)),
             asyncio.create_task(poll(campaign_holder.refresh, settings.index_poll_s)),
+            asyncio.create_task(poll(resume_erasures, settings.erasure_retry_s)),
         ]
         try:
             yield
@@ -154,22 +164,31 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         version="0.1.0",
         summary="Exact store geofences and proximity offers.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, with assets from this service (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     # With OpenTelemetry on, pings take the routed endpoints, which FastAPI instruments.
     app.ping_lane = None if otel else PingLane(settings.max_body_bytes)
     install_observability(app, settings)
-    app.include_router(locations_router)
-    app.include_router(fences_router)
-    app.include_router(campaigns_router)
-    app.include_router(users_router)
-    app.include_router(redemptions_router)
+    keyed = (401, 403, 413, 422, 503)
+    app.include_router(locations_router, responses=error_responses(*keyed, 429))
+    app.include_router(fences_router, responses=error_responses(*keyed, 404))
+    app.include_router(campaigns_router, responses=error_responses(*keyed, 404))
+    app.include_router(users_router, responses=error_responses(*keyed, 404))
+    app.include_router(redemptions_router, responses=error_responses(*keyed, 404, 409, 410))
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: database, device state, index")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: database, device state, index",
+        responses={503: {"description": "Not ready: the checks say which part is not"}},
+    )
     async def readyz(request: Request) -> ORJSONResponse:
         state = request.app.state
 

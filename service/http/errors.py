@@ -1,5 +1,6 @@
 """The one JSON error shape, ``{"error": {"code", "message", "details"}}``, and the mapping
-of domain errors, validation errors and an unreachable database to it."""
+of domain errors, validation errors and an unreachable database or Redis to it (503
+``unavailable`` with ``Retry-After``)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.caps.base import CapUnavailable
 from service.errors import DomainError
+from service.limits import CONTROL_REASON, NO_CONTROL, TEXT
 from service.responses import ORJSONResponse
+from service.state import StateUnavailable
 
 log = logging.getLogger("geo_offers.errors")
 
@@ -23,12 +27,34 @@ def error_body(
     return {"error": {"code": code, "message": message, "details": details or []}}
 
 
+_CONTROL_PATTERNS = frozenset({NO_CONTROL, TEXT})
+#: Seconds a client should wait before retrying a 503 (the dependency is down).
+RETRY_AFTER_S = "5"
+
+
+def _reason(err: Any) -> str:
+    ctx = err.get("ctx") or {}
+    if err.get("type") == "string_pattern_mismatch" and ctx.get("pattern") in _CONTROL_PATTERNS:
+        return CONTROL_REASON
+    if err.get("type") == "string_unicode":
+        return "must be valid Unicode text (no lone surrogates)"
+    return str(err.get("msg", "invalid")).removeprefix("Value error, ")
+
+
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     details = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ())]
-        details.append({"field": ".".join(loc), "reason": err.get("msg", "invalid")})
+        details.append({"field": ".".join(loc), "reason": _reason(err)})
     return details
+
+
+def _unavailable(what: str) -> ORJSONResponse:
+    return ORJSONResponse(
+        error_body("unavailable", f"{what} is unavailable; retry shortly"),
+        503,
+        headers={"Retry-After": RETRY_AFTER_S},
+    )
 
 
 def error_response(exc: Exception) -> ORJSONResponse | None:
@@ -36,6 +62,8 @@ def error_response(exc: Exception) -> ORJSONResponse | None:
     anything else, which is a bug. Shared by the exception handlers and the ping lane."""
     if isinstance(exc, DomainError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+        if exc.status_code == 503:
+            headers["Retry-After"] = RETRY_AFTER_S
         headers.update(exc.headers)
         return ORJSONResponse(
             error_body(exc.code, exc.message, exc.details), exc.status_code, headers=headers
@@ -49,11 +77,12 @@ def error_response(exc: Exception) -> ORJSONResponse | None:
     if isinstance(exc, OperationalError):
         # The database is unreachable (not a bug in a query): say so, and let clients retry.
         log.warning("database unavailable: %s", type(exc.orig).__name__)
-        return ORJSONResponse(
-            error_body("unavailable", "the database is unavailable; retry shortly"),
-            503,
-            headers={"Retry-After": "5"},
-        )
+        return _unavailable("the database")
+    if isinstance(exc, StateUnavailable | CapUnavailable):
+        # Redis is unreachable; the route did none of its work (or, for an erasure, answered
+        # 202 instead): say so, and let clients retry.
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        return _unavailable("the device-state store (Redis)")
     return None
 
 
@@ -73,7 +102,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert response is not None, "registered for expected errors only"
         return response
 
-    for kind in (DomainError, RequestValidationError, OperationalError):
+    for kind in (
+        DomainError,
+        RequestValidationError,
+        OperationalError,
+        StateUnavailable,
+        CapUnavailable,
+    ):
         app.add_exception_handler(kind, _expected)
 
     @app.exception_handler(StarletteHTTPException)
