@@ -67,6 +67,18 @@ def revoke_key(engine: Engine, key_id: str) -> bool:
         return res.first() is not None
 
 
+def revoke_labelled(engine: Engine, label: str) -> int:
+    """Revoke every live key with ``label`` (the demo's own, at each demo start)."""
+    with engine.begin() as conn:
+        res = conn.execute(
+            update(ApiKey)
+            .where(ApiKey.label == label, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=func.now())
+            .returning(ApiKey.id)
+        )
+        return len(res.all())
+
+
 def ensure_key(engine: Engine, key: str, role: Role, label: str) -> None:
     """Make sure ``key`` exists (for a key handed to containers through a setting)."""
     if len(key) < 32:
