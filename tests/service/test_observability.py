@@ -148,7 +148,12 @@ def test_request_id_is_echoed_when_sane_else_generated(embedded_api: Api) -> Non
 def test_access_log_is_json_with_route_and_no_secrets(api: Api, log_lines: io.StringIO) -> None:
     r = api.client.get(
         "/v1/geofences",
-        params={"tag": "secret-tag-value", "near_lat": 40.123456, "near_lng": -73.654321},
+        params={
+            "tag": "secret-tag-value",
+            "near_lat": 40.123456,
+            "near_lng": -73.654321,
+            "within_m": 1000,
+        },
         headers={**api.admin, "X-Request-ID": "req-42"},
     )
     assert r.status_code == 200, r.text
