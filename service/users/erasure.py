@@ -52,7 +52,7 @@ class Eraser:
     async def erase(self, user_id: str) -> ErasureOutcome:
         """Erase ``user_id``: the database part or nothing (it raises when the database is
         down), then the Redis part now or later."""
-        counts, devices, was_pending = await anyio.to_thread.run_sync(self._begin, user_id)
+        counts, devices, before = await anyio.to_thread.run_sync(self._begin, user_id)
         key = repo.user_hash(user_id)
         try:
             linked = await self._redis_steps(user_id, devices)
@@ -60,8 +60,9 @@ class Eraser:
             log.warning("erasure pending: %s", type(exc).__name__)
             await self._quietly(repo.release_erasure, key, f"{type(exc).__name__}: {exc}")
             return ErasureOutcome("pending", counts)
+        was_pending = before is not None and before["status"] == "pending"
         if not any(counts.values()) and not linked and not was_pending:
-            await anyio.to_thread.run_sync(self._in_tx, repo.drop_erasure, key)
+            await anyio.to_thread.run_sync(self._in_tx, repo.restore_erasure, key, before)
             return ErasureOutcome("not_found", counts)
         try:
             await anyio.to_thread.run_sync(self._in_tx, repo.finish_erasure, key, _now())
@@ -98,14 +99,14 @@ class Eraser:
 
     # -- steps --------------------------------------------------------------------------
 
-    def _begin(self, user_id: str) -> tuple[dict[str, int], list[str], bool]:
+    def _begin(self, user_id: str) -> tuple[dict[str, int], list[str], dict[str, Any] | None]:
         now = _now()
         with self.engine.begin() as conn:
             devices = repo.devices_of(conn, user_id)  # before the offers lose them
             counts = repo.erase(conn, user_id, f"erased-{uuid.uuid4().hex}")
             lease = now + timedelta(seconds=self.lease_s)
-            was_pending = repo.record_erasure(conn, user_id, devices, now, lease)
-        return counts, devices, was_pending
+            before = repo.record_erasure(conn, user_id, devices, now, lease)
+        return counts, devices, before
 
     async def _redis_steps(self, user_id: str, devices: list[str]) -> set[str]:
         """Every step idempotent; the links go last, so a rerun still finds the devices."""

@@ -155,23 +155,22 @@ def _insert(conn: Connection) -> Any:
 
 def record_erasure(
     conn: Connection, user_id: str, devices: list[str], now: datetime, lease_until: datetime
-) -> bool:
+) -> dict[str, Any] | None:
     """Mark the user's erasure pending, leased to the caller until ``lease_until``, with
-    ``devices`` added to those a pending erasure already lists. True if one was pending."""
+    ``devices`` added to those a pending erasure already lists. Returns the record as it
+    was before (None if there was none), for :func:`restore_erasure`."""
     key = user_hash(user_id)
-    conn.execute(
+    fresh = conn.execute(
         _insert(conn)(ERASURES)
         .values(
-            user_hash=key, user_id=user_id, devices=[], status="done", requested_at=now,
+            user_hash=key, user_id=user_id, devices=[], status="new", requested_at=now,
             attempts=0,
         )
         .on_conflict_do_nothing(index_elements=["user_hash"])
-    )  # fmt: skip
-    row = conn.execute(
-        select(ERASURES.c.status, ERASURES.c.devices, ERASURES.c.attempts)
-        .where(ERASURES.c.user_hash == key)
-        .with_for_update()
-    ).one()
+        .returning(ERASURES.c.user_hash)
+    ).first() is not None  # fmt: skip
+    row = conn.execute(select(ERASURES).where(ERASURES.c.user_hash == key).with_for_update()).one()
+    before = None if fresh else dict(row._mapping)
     was_pending = bool(row.status == "pending")
     known = list(row.devices) if was_pending else []
     conn.execute(
@@ -188,7 +187,15 @@ def record_erasure(
             lease_until=lease_until,
         )
     )
-    return was_pending
+    return before
+
+
+def restore_erasure(conn: Connection, key: str, before: dict[str, Any] | None) -> None:
+    """Put the record back as :func:`record_erasure` found it (nothing was held after all)."""
+    if before is None:
+        conn.execute(delete(ERASURES).where(ERASURES.c.user_hash == key))
+    else:
+        conn.execute(update(ERASURES).where(ERASURES.c.user_hash == key).values(**before))
 
 
 def claim_erasure(
@@ -238,10 +245,6 @@ def finish_erasure(conn: Connection, key: str, now: datetime) -> None:
             last_error=None,
         )
     )  # fmt: skip
-
-
-def drop_erasure(conn: Connection, key: str) -> None:
-    conn.execute(delete(ERASURES).where(ERASURES.c.user_hash == key))
 
 
 def erasure_of(conn: Connection, user_id: str) -> dict[str, Any] | None:
