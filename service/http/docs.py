@@ -82,8 +82,42 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+def hoist_defs(doc: dict[str, Any]) -> None:
+    """Move ``$defs`` nested in operations (a pydantic model's own schema, as the ping routes
+    give it) into ``components.schemas`` and point their ``$ref`` there: ReDoc cannot
+    resolve ``#/$defs/…`` and shows an error instead of the documentation.
+
+    >>> doc = {"paths": {"/p": {"schema": {"$defs": {"A": {"type": "string"}},
+    ...        "properties": {"a": {"$ref": "#/$defs/A"}}}}}}
+    >>> hoist_defs(doc); doc["paths"]["/p"]["schema"], doc["components"]["schemas"]
+    ({'properties': {'a': {'$ref': '#/components/schemas/A'}}}, {'A': {'type': 'string'}})
+    """
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    stack: list[Any] = [doc.get("paths", {})]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for name, schema in node.pop("$defs", {}).items():
+                schemas.setdefault(name, schema)
+                stack.append(schema)
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                node["$ref"] = "#/components/schemas/" + ref.removeprefix("#/$defs/")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def install_docs(app: FastAPI) -> None:
     """``/docs``, ``/docs/oauth2-redirect`` and ``/redoc``, with assets from this service."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            hoist_defs(generate())  # generate() stores the document it returns
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
     redirect_url = "/docs/oauth2-redirect"
