@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from service.caps.base import CapUnavailable
 from service.errors import DomainError
@@ -96,6 +97,21 @@ def _internal_error() -> ORJSONResponse:
     return ORJSONResponse(error_body("internal_error", "internal error (a bug)"), 500)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every documented method of the request's path (Allow, RFC 9110): Starlette names only
+    those of the first route it matched, and each method is its own route here."""
+    path = request.scope.get("path", "")
+    matched = [
+        (template, operations)
+        for template, operations in request.app.openapi().get("paths", {}).items()
+        if compile_path(template)[0].match(path)
+    ]
+    # A literal path (/v1/campaigns/import) is its own resource, not an id of /{campaign_id}.
+    literal = [(t, ops) for t, ops in matched if "{" not in t]
+    methods = {m.upper() for _, operations in literal or matched for m in operations}
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def _expected(_: Request, exc: Exception) -> ORJSONResponse:
         response = error_response(exc)
@@ -112,11 +128,19 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(kind, _expected)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it could not decode (not UTF-8): bad input, a 422.
+            reason = "the body could not be read as JSON (is it UTF-8?)"
+            details = [{"field": "body", "reason": reason}]
+            return ORJSONResponse(error_body("invalid_input", reason, details), 422)
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
-        return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+        return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:

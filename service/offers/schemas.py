@@ -15,7 +15,9 @@ StoreId = Annotated[str, identifier(128)]
 class RedemptionIn(BaseModel):
     coupon_code: CouponCode
     store_id: StoreId | None = None
-    amount: float | None = Field(default=None, ge=0, le=MAX_NUMBER, allow_inf_nan=False)
+    amount: float | None = Field(
+        default=None, ge=0, le=MAX_NUMBER, allow_inf_nan=False, strict=True
+    )  # strict: true is not 1.0
     user_id: Annotated[str, identifier(128)] | None = Field(
         default=None, description="Needed only for a campaign's shared code."
     )

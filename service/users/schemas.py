@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, RootModel, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field, RootModel, field_validator
 
 from service.limits import JsonObject, Properties, identifier
 
@@ -47,9 +47,16 @@ class AttributesPatch(RootModel[Attributes]):
         return value
 
 
+def _text_only(value: object) -> object:
+    # Lax pydantic reads a number as epoch seconds; the schema says RFC 3339 text.
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2026-05-01T12:00:00Z")
+    return value
+
+
 class UserEventIn(BaseModel):
     type: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$", examples=["purchase"])
-    occurred_at: AwareDatetime
+    occurred_at: Annotated[AwareDatetime, BeforeValidator(_text_only)]
     store_id: Annotated[str, identifier(128)] | None = None
     properties: Properties = Field(default_factory=dict)
     event_id: Annotated[str, identifier(32)] | None = Field(

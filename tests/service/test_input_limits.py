@@ -160,3 +160,56 @@ def test_the_openapi_document_states_the_enforced_limits(api: Api) -> None:
     attrs = body["application/json"]["schema"]
     attrs = schemas[attrs["$ref"].rsplit("/", 1)[-1]] if "$ref" in attrs else attrs
     assert attrs["maxProperties"] == 100 and attrs["minProperties"] == 1
+
+
+def _ping(**extra: Any) -> dict[str, Any]:
+    return {
+        "device_id": "d",
+        "lat": 1.0,
+        "lng": 1.0,
+        "accuracy_m": 5,
+        "timestamp": iso(ago(1)),
+    } | extra
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "params", "field"),
+    [
+        # the fuzzer's finds: lax pydantic read false as 0.0 and 0 as 1970-01-01
+        ("/v1/locations", _ping(speed_mps=False), {}, "body.speed_mps"),
+        ("/v1/locations", _ping(lat="1.0"), {}, "body.lat"),
+        ("/v1/locations/batch", {"pings": [_ping(accuracy_m=True)]}, {}, "body.pings.0.accuracy_m"),
+        ("/v1/locations", _ping(), {"explain": "null"}, "query.explain"),
+    ],
+)  # fmt: skip
+def test_pings_take_the_documented_types_only(
+    api: Api, path: str, body: dict[str, Any], params: dict[str, str], field: str
+) -> None:
+    r = api.client.post(path, json=body, params=params, headers=api.admin)
+    assert r.status_code == 422, r.text
+    assert field in _reasons(r)
+
+
+def test_schema_types_are_enforced_on_events_and_redemptions(api: Api) -> None:
+    r = api.client.post("/v1/users/u1/events", json=_event(occurred_at=0), headers=api.server)
+    assert r.status_code == 422 and "body.occurred_at" in _reasons(r), r.text
+    r = api.client.post(
+        "/v1/redemptions", json={"coupon_code": "C", "amount": True}, headers=api.server
+    )
+    assert r.status_code == 422 and "body.amount" in _reasons(r), r.text
+
+
+def test_a_body_that_is_not_utf8_is_a_422(api: Api) -> None:
+    r = api.client.patch("/v1/users/u1", content=b'{"a": "\xff\xfe"}', headers=api.server)
+    assert r.status_code == 422, r.text
+    assert _reasons(r) == {"body": "the body could not be read as JSON (is it UTF-8?)"}
+
+
+def test_a_405_lists_every_method_of_the_path(api: Api) -> None:
+    r = api.client.request("OPTIONS", "/v1/users/u1", headers=api.admin)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert r.headers["allow"] == "DELETE, PATCH"
+    r = api.client.request("PUT", "/v1/geofences/s1", headers=api.admin)
+    assert r.headers["allow"] == "DELETE, GET"
+    r = api.client.request("OPTIONS", "/v1/campaigns/import", headers=api.admin)
+    assert r.headers["allow"] == "POST"
