@@ -61,7 +61,14 @@ class StateStore(Protocol):
 
     async def allow(self, user_key: str) -> None: ...
 
-    async def load_denied(self, user_keys: list[str]) -> None: ...
+    async def load_denied(self, user_keys: list[str]) -> None:
+        """Deny every user in ``user_keys`` (the database's list), then remember it was done."""
+        ...
+
+    async def denials_loaded(self) -> bool:
+        """False until :meth:`load_denied` ran against this store's current data: at start,
+        and again after Redis came back empty (a restart without persistence)."""
+        ...
 
     async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
         """Replace a ping's provisional answer by its final one (after the offer decision)."""

@@ -25,6 +25,7 @@ class MemoryStateStore:
         self._devices: dict[str, set[str]] = {}
         self._denied_users: set[str] = set()
         self._denied_devices: set[str] = set()
+        self._denials_loaded = False
 
     async def process(
         self,
@@ -72,6 +73,10 @@ class MemoryStateStore:
     async def load_denied(self, user_keys: list[str]) -> None:
         for user_key in user_keys:
             await self.deny(user_key)
+        self._denials_loaded = True
+
+    async def denials_loaded(self) -> bool:
+        return self._denials_loaded
 
     async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
         self._answers[(device_id, ping_key)] = (compact(body), time.monotonic() + self._answer_ttl)
