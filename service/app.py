@@ -12,11 +12,13 @@ import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from starlette.types import Receive, Scope, Send
 
 from service.auth import KeyCache, Role, ensure_key
 from service.campaigns.router import router as campaigns_router
 from service.campaigns.service import CampaignHolder
+from service.caps.base import CapUnavailable
 from service.caps.memory import MemoryCapStore
 from service.caps.redis_caps import RedisCapStore
 from service.db.engine import make_engine
@@ -38,6 +40,7 @@ from service.offers.service import OfferContext
 from service.ratelimit import DeviceRateLimiter
 from service.responses import ORJSONResponse
 from service.settings import Settings
+from service.state import StateUnavailable
 from service.state.memory import MemoryStateStore
 from service.state.redis_store import RedisStateStore
 from service.users.erasure import Eraser
@@ -47,12 +50,18 @@ from service.users.router import router as users_router
 log = logging.getLogger("geo_offers")
 
 
+#: A dependency that is down: worth a line in the log each period, not a traceback.
+_OUTAGES = (OperationalError, StateUnavailable, CapUnavailable)
+
+
 async def poll(refresh: Callable[[], Awaitable[bool]], period_s: float) -> None:
     """Follow changes made through other replicas for the app's lifetime."""
     while True:
         await asyncio.sleep(period_s)
         try:
             await refresh()
+        except _OUTAGES as exc:  # retry next period
+            log.warning("%s: %s", getattr(refresh, "__name__", "refresh"), type(exc).__name__)
         except Exception:  # keep serving what was loaded last; retry next period
             log.exception("refresh failed")
 
@@ -121,8 +130,19 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         else:
             store = MemoryStateStore(settings.state_ttl_s, settings.ping_answer_ttl_s)
             caps = MemoryCapStore()
-        with contextlib.suppress(Exception):  # Redis down at start: refilled on next start
-            await store.load_denied(await anyio.to_thread.run_sync(users_without_consent, engine))
+
+        async def keep_denials() -> bool:
+            """The consent denials in Redis, refilled from the database whenever Redis has
+            none (down at start-up, or back after a restart without its data)."""
+            if not await store.denials_loaded():
+                await store.load_denied(
+                    await anyio.to_thread.run_sync(users_without_consent, engine)
+                )
+                log.info("consent denials loaded into the device-state store")
+            return True
+
+        with contextlib.suppress(*_OUTAGES):  # else the poller below loads them
+            await keep_denials()
         app.state.settings = settings
         app.state.engine = engine
         app.state.keys = KeyCache(engine, settings.key_cache_s)
@@ -144,6 +164,7 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
             asyncio.create_task(poll(holder.refresh, settings.index_poll_s)),
             asyncio.create_task(poll(campaign_holder.refresh, settings.index_poll_s)),
             asyncio.create_task(poll(resume_erasures, settings.erasure_retry_s)),
+            asyncio.create_task(poll(keep_denials, settings.erasure_retry_s)),
         ]
         try:
             yield

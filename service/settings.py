@@ -72,7 +72,10 @@ class Settings(BaseSettings):
     erasure_retry_s: float = Field(
         default=5.0,
         gt=0,
-        description="How often each replica retries erasures left pending (Redis was down).",
+        description=(
+            "How often each replica retries erasures left pending (Redis was down) and checks "
+            "that Redis still holds the consent denials (refilled from the database if not)."
+        ),
     )
     import_max_error_details: int = Field(default=1000, gt=0)
     key_cache_s: float = Field(

@@ -235,3 +235,36 @@ def _postgres_matrix(api: Api, own_postgres: OwnPostgres) -> None:  # noqa: F811
         # and everything works again by itself
         assert c.delete("/v1/users/ada", headers=admin).status_code == 204
         assert c.get("/v1/users/ada/erasure", headers=admin).json()["status"] == "done"
+
+
+def test_consent_denials_survive_a_redis_that_comes_back_empty(
+    own_redis: OwnRedis,  # noqa: F811
+    migrated_postgis: str,
+) -> None:
+    # Redis without persistence loses the consent flags on a restart; the database keeps
+    # the truth and every replica refills them, or a user who said no would get offers.
+    _reset_postgis(migrated_postgis)
+    prefix = f"consent-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        database_url=migrated_postgis, redis_url=own_redis.url, redis_prefix=prefix,
+        erasure_retry_s=0.3,
+    )  # fmt: skip
+    for api in _make_api(settings):
+        _consent_after_restart(api, own_redis)
+    _reset_postgis(migrated_postgis)
+
+
+def _consent_after_restart(api: Api, own_redis: OwnRedis) -> None:  # noqa: F811
+    c = api.client
+    _setup(api)
+    r = c.patch("/v1/users/no", json={"location_consent": False}, headers=api.server)
+    assert r.status_code == 200, r.text
+    assert (
+        c.post("/v1/locations", json=_ping("no-1", "no"), headers=api.sdk).json()["reason"]
+        == "consent_denied"
+    )
+    own_redis.stop()
+    own_redis.start()  # empty
+    _eventually(lambda: bool(_redis_keys(own_redis.url, "", "denials_loaded")))
+    answer = c.post("/v1/locations", json=_ping("no-2", "no"), headers=api.sdk).json()
+    assert answer["reason"] == "consent_denied" and answer["offer"] is None, answer
