@@ -66,6 +66,9 @@ def test_docs_pages_load_their_assets_from_the_service(api: Api) -> None:
             r = api.client.get(f"/docs/assets/{asset}")
             assert r.status_code == 200 and len(r.content) > 1000, asset
     assert "persistAuthorization" in api.client.get("/docs").text
+    for page in ("/docs", "/redoc"):  # the browser itself refuses anything from elsewhere
+        csp = api.client.get(page).headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "img-src 'self' data:" in csp
 
 
 @pytest.fixture
