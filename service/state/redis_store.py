@@ -80,7 +80,7 @@ class RedisStateStore:
         self._cas_script = _CAS.encode()
         self._cas = client.register_script(_CAS)  # redis-py's EVALSHA with a NOSCRIPT retry
         self._known: dict[str, bytes] = {}
-        self._denials_marker = f"{prefix}:denials_loaded"
+        self._denials_marker = f"{prefix}:{{denials}}:loaded"  # one key, its own slot
 
     @classmethod
     def from_url(

@@ -265,6 +265,6 @@ def _consent_after_restart(api: Api, own_redis: OwnRedis) -> None:  # noqa: F811
     )
     own_redis.stop()
     own_redis.start()  # empty
-    _eventually(lambda: bool(_redis_keys(own_redis.url, "", "denials_loaded")))
+    _eventually(lambda: bool(_redis_keys(own_redis.url, "", "{denials}:loaded")))
     answer = c.post("/v1/locations", json=_ping("no-2", "no"), headers=api.sdk).json()
     assert answer["reason"] == "consent_denied" and answer["offer"] is None, answer
