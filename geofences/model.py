@@ -11,6 +11,11 @@ from typing import Any
 DEFAULT_RADIUS_M = 45.72
 MIN_RADIUS_M = 10.0
 MAX_RADIUS_M = 10_000.0
+#: Polygons, in the spirit of the circles' limits: at most 20 km across (a 10 km circle's
+#: diameter) either way, at most the area of a 10 km circle, and a bounded vertex count.
+MAX_POLYGON_EXTENT_M = 2 * MAX_RADIUS_M
+MAX_POLYGON_AREA_M2 = 314_159_265.0  # π · (10 km)²
+MAX_POLYGON_VERTICES = 10_000
 #: One shared, read-only empty mapping: a fresh dict per record cost 64 bytes a fence, 64 MB
 #: at a million fences held by the index.
 NO_EXTRA: Mapping[str, Any] = MappingProxyType({})

@@ -19,6 +19,7 @@ For GeoJSON there are no line numbers: errors carry the 1-based feature number i
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,11 +27,21 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
 import ijson
+import numpy as np
 import shapely
 from shapely.geometry import shape
 from shapely.validation import explain_validity
 
-from geofences.model import DEFAULT_RADIUS_M, MAX_RADIUS_M, MIN_RADIUS_M, FenceRecord
+from geofences.model import (
+    DEFAULT_RADIUS_M,
+    MAX_POLYGON_AREA_M2,
+    MAX_POLYGON_EXTENT_M,
+    MAX_POLYGON_VERTICES,
+    MAX_RADIUS_M,
+    MIN_RADIUS_M,
+    FenceRecord,
+)
+from geofences.sphere import EARTH_RADIUS_M
 from geofences.timezones import (
     ANTARCTIC_LAT,
     is_open_sea_or_antarctica,
@@ -50,6 +61,11 @@ __all__ = [
 ]
 
 MAX_STORE_ID_LENGTH = 128
+MAX_NAME_LENGTH = 200
+MAX_ADDRESS_LENGTH = 500
+MAX_TAG_LENGTH = 128
+MAX_TAGS = 100
+MAX_EXTRA_KEYS = 100
 #: Below this |lat| the "point is at sea, swapped point is on land" test runs; polar test
 #: fences above it are left alone.
 SWAP_SEA_TEST_MAX_ABS_LAT = 85.0
@@ -61,6 +77,9 @@ _MAX_LINE_BYTES = 1024 * 1024
 
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Free text (address, extra values) may hold tabs and line breaks; nothing else of C0/C1.
+# PostgreSQL refuses NUL in text and \u0000 in jsonb.
+_TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _HEADER_SPACES_RE = re.compile(r"[\s\-]+")
 
 
@@ -215,11 +234,15 @@ def _check_head(source: _Source) -> None:
         raise FileError("file is an Excel .xls workbook; export it as CSV UTF-8")
     nuls = head.count(0)
     if nuls:
-        # UTF-16 text without a BOM has a NUL beside almost every ASCII character.
-        if nuls * 4 >= len(head):
+        # UTF-16 text without a BOM has a NUL beside almost every ASCII character, all at
+        # even offsets (big-endian) or all at odd ones (little-endian); a binary file's NULs
+        # fall anywhere.
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        if max(even, odd) * 3 >= len(head) and min(even, odd) * 20 <= max(even, odd):
             raise _not_utf8("it looks like UTF-16")
         raise FileError(
-            f"file contains NUL bytes (first at byte offset {head.index(0)}); it is not a text file"
+            f"file is binary, not CSV or GeoJSON text (NUL bytes, the first at byte offset "
+            f"{head.index(0)}); upload a .csv or .geojson file saved as UTF-8"
         )
     if head.startswith(_UTF8_BOM):
         source.skip(len(_UTF8_BOM))
@@ -370,6 +393,55 @@ def _check_store_id(row: _Row, raw: object, seen: _SeenIds, where: str) -> str:
     return store_id
 
 
+def _control_problem(field: str, text: str, pattern: re.Pattern[str]) -> str | None:
+    bad = pattern.search(text)
+    if bad is None:
+        return None
+    return f"{field} contains control character U+{ord(bad[0]):04X}"
+
+
+def _check_name(row: _Row, raw: object, missing: str) -> str:
+    name = _text(raw)
+    if not name:
+        row.error("name", missing)
+    elif len(name) > MAX_NAME_LENGTH:
+        row.error("name", f"name is {len(name)} characters long (at most {MAX_NAME_LENGTH})")
+    elif problem := _control_problem("name", name, _CONTROL_RE):
+        row.error("name", problem)
+    return name
+
+
+def _check_address(row: _Row, raw: object) -> str | None:
+    address = _text(raw)
+    if len(address) > MAX_ADDRESS_LENGTH:
+        row.error(
+            "address", f"address is {len(address)} characters long (at most {MAX_ADDRESS_LENGTH})"
+        )
+    elif problem := _control_problem("address", address, _TEXT_CONTROL_RE):
+        row.error("address", problem)
+    return address or None
+
+
+def _check_extra(row: _Row, extra: Mapping[str, Any]) -> None:
+    """Extra columns/properties are kept as JSON: no control characters in keys or text."""
+    if len(extra) > MAX_EXTRA_KEYS:
+        row.error(None, f"{len(extra)} extra columns or properties (at most {MAX_EXTRA_KEYS})")
+        return
+    stack: list[tuple[str, object]] = list(extra.items())
+    while stack:
+        key, value = stack.pop()
+        problem = _control_problem(key, key, _TEXT_CONTROL_RE)
+        if problem is None and isinstance(value, str):
+            problem = _control_problem(key, value, _TEXT_CONTROL_RE)
+        if problem is not None:
+            row.error(key.split(".", 1)[0], problem)
+            return
+        if isinstance(value, dict):
+            stack.extend((f"{key}.{k}", v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{key}.{i}", v) for i, v in enumerate(value))
+
+
 def _check_coordinate(row: _Row, raw: object, field: str) -> float | None:
     value = _number(raw, field)
     if isinstance(value, str):
@@ -430,7 +502,7 @@ def _check_timezone(row: _Row, raw: object) -> str | None:
     name = _text(raw)
     if not name:
         return None
-    if not is_valid_timezone(name):
+    if _CONTROL_RE.search(name) or not is_valid_timezone(name):
         row.error("timezone", f"unknown time zone {name!r} (use an IANA name like Europe/Paris)")
         return None
     return name
@@ -452,7 +524,16 @@ def _check_tags(row: _Row, raw: object) -> tuple[str, ...]:
             row.error("tags", f"tag {part!r} is not a string")
             continue
         if tag := part.strip():
+            if len(tag) > MAX_TAG_LENGTH:
+                row.error("tags", f"a tag is {len(tag)} characters long (at most {MAX_TAG_LENGTH})")
+                return ()
+            if problem := _control_problem("a tag", tag, _CONTROL_RE):
+                row.error("tags", problem)
+                return ()
             tags[tag] = None
+    if len(tags) > MAX_TAGS:
+        row.error("tags", f"{len(tags)} tags (at most {MAX_TAGS})")
+        return ()
     return tuple(tags)
 
 
@@ -670,16 +751,15 @@ def _csv_row(
         return None if index is None else cells[index]
 
     store_id = _check_store_id(row, cell("store_id"), seen, "line")
-    name = _text(cell("name"))
-    if not name:
-        row.error("name", "name is empty")
+    name = _check_name(row, cell("name"), "name is empty")
     given_tz = _check_timezone(row, cell("timezone"))
     radius = _check_radius(
         row, [(f, cells[i]) for f, i in plan.radius_columns], cell("radius_unit")
     )
     tags = _check_tags(row, cell("tags"))
-    address = _text(cell("address")) or None
+    address = _check_address(row, cell("address"))
     extra = {key: cells[i] for key, i, keep_empty in plan.extra if keep_empty or cells[i]}
+    _check_extra(row, extra)
     lat = _check_coordinate(row, cell("lat"), "lat")
     lng = _check_coordinate(row, cell("lng"), "lng")
     timezone = given_tz
@@ -840,12 +920,12 @@ def _feature(item: object, number: int, seen: _SeenIds) -> Iterator[ParsedRow | 
         extra["feature_id"] = item["id"]
 
     store_id = _check_store_id(row, props.get("store_id"), seen, "feature")
-    name = _text(props.get("name"))
-    if not name:
-        row.error("name", "name is empty" if "name" in props else "properties.name is missing")
+    missing = "name is empty" if "name" in props else "properties.name is missing"
+    name = _check_name(row, props.get("name"), missing)
     given_tz = _check_timezone(row, props.get("timezone"))
     tags = _check_tags(row, props.get("tags"))
-    address = _text(props.get("address")) or None
+    address = _check_address(row, props.get("address"))
+    _check_extra(row, extra)
     radius_given = [(k, v) for k, v in props.items() if k == "radius" or k in _RADIUS_COLUMNS]
 
     geometry = item.get("geometry")
@@ -933,6 +1013,19 @@ def _polygon(
         row.error("geometry", f"{gtype} has no coordinates")
         return None
     errors_before = len(row.errors)
+    vertices = sum(
+        len(ring)
+        for rings in polygons
+        if isinstance(rings, list)
+        for ring in rings
+        if isinstance(ring, list)
+    )
+    if vertices > MAX_POLYGON_VERTICES:
+        row.error(
+            "geometry",
+            f"{gtype} has {vertices} positions (at most {MAX_POLYGON_VERTICES}); simplify it",
+        )
+        return None
     clean: list[list[list[list[float]]]] = []
     lat_over = False
     lng_within = True
@@ -994,7 +1087,59 @@ def _polygon(
         else:
             row.error("geometry", f"invalid polygon: {why}")
         return None
+    problem = _polygon_size_problem(clean, geom)
+    if problem is not None:
+        row.error("geometry", problem)
+        return None
     return normalised, geom
+
+
+def _polygon_size_problem(
+    polygons: list[list[list[list[float]]]], geom: shapely.Geometry
+) -> str | None:
+    """Why a polygon is too large for a store fence (extent, then area), or None.
+
+    North-south and east-west extent on the sphere (east-west at the latitude of the
+    polygon nearest the equator, where it is widest). Each part spans its longitudes as
+    drawn in the lng/lat plane; the parts together span the shortest arc covering them,
+    so a fence split at ±180 is measured across the antimeridian. Area:
+    the polygon as drawn in the lng/lat plane, measured equal-area (x = lng in radians,
+    y = sin lat, times R²).
+    """
+    spans = sorted(
+        (min(lngs), max(lngs))
+        for rings in polygons
+        if (lngs := [lng for ring in rings for lng, _ in ring])
+    )
+    merged = [list(spans[0])]
+    for west, east in spans[1:]:
+        if west <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], east)
+        else:
+            merged.append([west, east])
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(merged)]
+    lng_arc = 360.0 - max([*gaps, merged[0][0] + 360.0 - merged[-1][1]])
+    lats = [lat for rings in polygons for ring in rings for _, lat in ring]
+    south, north = min(lats), max(lats)
+    widest = 0.0 if south <= 0.0 <= north else min(abs(south), abs(north))
+    metres_per_degree = math.pi * EARTH_RADIUS_M / 180.0
+    ns_m = (north - south) * metres_per_degree
+    ew_m = lng_arc * metres_per_degree * math.cos(math.radians(widest))
+    if max(ns_m, ew_m) > MAX_POLYGON_EXTENT_M:
+        return (
+            f"polygon spans {ns_m / 1000:,.1f} km north-south and {ew_m / 1000:,.1f} km "
+            f"east-west; a fence spans at most {MAX_POLYGON_EXTENT_M / 1000:g} km either way"
+        )
+    equal_area = shapely.transform(
+        geom, lambda xy: np.column_stack((np.radians(xy[:, 0]), np.sin(np.radians(xy[:, 1]))))
+    )
+    area_m2 = float(equal_area.area) * EARTH_RADIUS_M**2
+    if area_m2 > MAX_POLYGON_AREA_M2:
+        return (
+            f"polygon covers {area_m2 / 1e6:,.1f} km²; a fence covers at most "
+            f"{MAX_POLYGON_AREA_M2 / 1e6:,.1f} km² (a circle of 10 km)"
+        )
+    return None
 
 
 def _polygon_point(

@@ -108,6 +108,12 @@ def _load() -> tuple[list[Store], dict[str, str | None]]:
     keys: dict[str, str | None] = {"sdk": None, "server": None}
     seed_path = Path(os.environ.get("GEO_OFFERS_LOAD_SEED", DEFAULT_SEED))
     stores: list[Store] = []
+    if os.environ.get("GEO_OFFERS_LOAD_SEED") and not seed_path.is_file():
+        # Named but missing: say so, rather than walk the demo stores without keys.
+        raise RuntimeError(
+            f"seed file {seed_path} not found: create it first with python -m loadtest.seed "
+            f"--url … --admin-key … --sdk-key … --server-key … --out {seed_path}"
+        )
     if seed_path.is_file():
         doc = json.loads(seed_path.read_text(encoding="utf-8"))
         keys.update(doc.get("keys") or {})

@@ -12,11 +12,13 @@ import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from starlette.types import Receive, Scope, Send
 
 from service.auth import KeyCache, Role, ensure_key
 from service.campaigns.router import router as campaigns_router
 from service.campaigns.service import CampaignHolder
+from service.caps.base import CapUnavailable
 from service.caps.memory import MemoryCapStore
 from service.caps.redis_caps import RedisCapStore
 from service.db.engine import make_engine
@@ -25,24 +27,31 @@ from service.fences import builder
 from service.fences.router import router as fences_router
 from service.fences.service import IndexHolder
 from service.http.body_limit import BodyLimitMiddleware
+from service.http.docs import error_responses, install_docs
 from service.http.errors import install_error_handlers
 from service.http.requests import RequestMiddleware, RouteTemplates
 from service.locations.router import PingLane
 from service.locations.router import router as locations_router
 from service.locations.service import PingContext
 from service.logs import setup_logging
-from service.metrics import metrics_registry, refresh_gauges
+from service.metrics import metrics_registry, refresh_gauges, set_pending_erasures
 from service.offers.router import router as redemptions_router
 from service.offers.service import OfferContext
 from service.ratelimit import DeviceRateLimiter
 from service.responses import ORJSONResponse
 from service.settings import Settings
+from service.state import StateUnavailable
 from service.state.memory import MemoryStateStore
 from service.state.redis_store import RedisStateStore
+from service.users.erasure import Eraser
 from service.users.repository import users_without_consent
 from service.users.router import router as users_router
 
 log = logging.getLogger("geo_offers")
+
+
+#: A dependency that is down: worth a line in the log each period, not a traceback.
+_OUTAGES = (OperationalError, StateUnavailable, CapUnavailable)
 
 
 async def poll(refresh: Callable[[], Awaitable[bool]], period_s: float) -> None:
@@ -51,6 +60,8 @@ async def poll(refresh: Callable[[], Awaitable[bool]], period_s: float) -> None:
         await asyncio.sleep(period_s)
         try:
             await refresh()
+        except _OUTAGES as exc:  # retry next period
+            log.warning("%s: %s", getattr(refresh, "__name__", "refresh"), type(exc).__name__)
         except Exception:  # keep serving what was loaded last; retry next period
             log.exception("refresh failed")
 
@@ -119,8 +130,19 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         else:
             store = MemoryStateStore(settings.state_ttl_s, settings.ping_answer_ttl_s)
             caps = MemoryCapStore()
-        with contextlib.suppress(Exception):  # Redis down at start: refilled on next start
-            await store.load_denied(await anyio.to_thread.run_sync(users_without_consent, engine))
+
+        async def keep_denials() -> bool:
+            """The consent denials in Redis, refilled from the database whenever Redis has
+            none (down at start-up, or back after a restart without its data)."""
+            if not await store.denials_loaded():
+                await store.load_denied(
+                    await anyio.to_thread.run_sync(users_without_consent, engine)
+                )
+                log.info("consent denials loaded into the device-state store")
+            return True
+
+        with contextlib.suppress(*_OUTAGES):  # else the poller below loads them
+            await keep_denials()
         app.state.settings = settings
         app.state.engine = engine
         app.state.keys = KeyCache(engine, settings.key_cache_s)
@@ -131,9 +153,18 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         app.state.ping_context = PingContext(
             settings, holder, store, campaign_holder, OfferContext(engine, caps)
         )
+        eraser = app.state.eraser = Eraser(engine, store, caps)
+
+        async def resume_erasures() -> bool:
+            await eraser.resume()
+            set_pending_erasures(await anyio.to_thread.run_sync(eraser.pending))
+            return True
+
         pollers = [
             asyncio.create_task(poll(holder.refresh, settings.index_poll_s)),
             asyncio.create_task(poll(campaign_holder.refresh, settings.index_poll_s)),
+            asyncio.create_task(poll(resume_erasures, settings.erasure_retry_s)),
+            asyncio.create_task(poll(keep_denials, settings.erasure_retry_s)),
         ]
         try:
             yield
@@ -154,22 +185,31 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         version="0.1.0",
         summary="Exact store geofences and proximity offers.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, with assets from this service (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     # With OpenTelemetry on, pings take the routed endpoints, which FastAPI instruments.
     app.ping_lane = None if otel else PingLane(settings.max_body_bytes)
     install_observability(app, settings)
-    app.include_router(locations_router)
-    app.include_router(fences_router)
-    app.include_router(campaigns_router)
-    app.include_router(users_router)
-    app.include_router(redemptions_router)
+    keyed = (401, 403, 413, 422, 503)
+    app.include_router(locations_router, responses=error_responses(*keyed, 429))
+    app.include_router(fences_router, responses=error_responses(*keyed, 404))
+    app.include_router(campaigns_router, responses=error_responses(*keyed, 404))
+    app.include_router(users_router, responses=error_responses(*keyed, 404))
+    app.include_router(redemptions_router, responses=error_responses(*keyed, 404, 409, 410))
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: database, device state, index")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: database, device state, index",
+        responses={503: {"description": "Not ready: the checks say which part is not"}},
+    )
     async def readyz(request: Request) -> ORJSONResponse:
         state = request.app.state
 

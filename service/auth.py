@@ -67,6 +67,18 @@ def revoke_key(engine: Engine, key_id: str) -> bool:
         return res.first() is not None
 
 
+def revoke_labelled(engine: Engine, label: str) -> int:
+    """Revoke every live key with ``label`` (the demo's own, at each demo start)."""
+    with engine.begin() as conn:
+        res = conn.execute(
+            update(ApiKey)
+            .where(ApiKey.label == label, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=func.now())
+            .returning(ApiKey.id)
+        )
+        return len(res.all())
+
+
 def ensure_key(engine: Engine, key: str, role: Role, label: str) -> None:
     """Make sure ``key`` exists (for a key handed to containers through a setting)."""
     if len(key) < 32:
@@ -123,9 +135,20 @@ async def check_key(keys: KeyCache, header: str, allowed: frozenset[Role]) -> Ro
     if role is None:
         raise Unauthorized("unknown or revoked API key")
     if role not in allowed:
-        need = " or ".join(sorted(r.value for r in allowed))
-        raise Forbidden(f"this route needs a {need} key; this key has role {role.value}")
+        raise Forbidden(f"this route needs {_keys(allowed)}; this key has role {role.value}")
     return role
+
+
+def _keys(roles: frozenset[Role]) -> str:
+    """``"a server or an admin key"``: each role with its article.
+
+    >>> _keys(frozenset({Role.admin})), _keys(frozenset({Role.sdk, Role.admin}))
+    ('an admin key', 'an admin or an sdk key')
+    """
+    names = sorted(r.value for r in roles)
+    return (
+        " or ".join(f"{'an' if n[0] in 'aeiou' or n == 'sdk' else 'a'} {n}" for n in names) + " key"
+    )
 
 
 def allowing(*roles: Role) -> frozenset[Role]:

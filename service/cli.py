@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -12,6 +14,7 @@ import click
 from service.settings import Settings
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEMO_KEY_LABEL = "demo"
 
 
 @click.group()
@@ -38,11 +41,8 @@ def serve(demo: bool, host: str | None, port: int | None, workers: int | None) -
             "Redis each worker would keep its own copy of every device's state, so the same "
             "visit could be entered twice; run one worker or configure Redis."
         )
-    from service.db.engine import make_engine
-    from service.db.migrate import upgrade
-
-    engine = make_engine(settings)
-    upgrade(engine)
+    _check_port_free(host, port)
+    engine = _migrated_engine(settings)
     if demo:
         _load_demo(engine, host, port)
     engine.dispose()
@@ -54,11 +54,51 @@ def serve(demo: bool, host: str | None, port: int | None, workers: int | None) -
         workers=workers,
         log_level="info",
         access_log=False,
+        # Longer than the idle timeout of whatever sits in front (README, "Deployment").
+        timeout_keep_alive=math.ceil(settings.keep_alive_s),
     )
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before anything is printed or minted when the port is taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}: {exc}") from exc
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another server has it. "
+                f"Pick another port with --port (e.g. ./dev demo --port {port + 1}) or "
+                "GEO_OFFERS_PORT."
+            ) from exc
+
+
+def _migrated_engine(settings: Settings) -> Any:
+    """The database engine, schema up to date; a clear message when the database is down."""
+    from sqlalchemy.exc import OperationalError
+
+    from service.db.engine import make_engine
+    from service.db.migrate import upgrade
+
+    engine = make_engine(settings)
+    try:
+        upgrade(engine)
+    except OperationalError as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise click.ClickException(
+            f"the database at {where} is unreachable ({type(exc.orig).__name__}); start it or "
+            "set GEO_OFFERS_DATABASE_URL"
+        ) from exc
+    return engine
+
+
 def _load_demo(engine: Any, host: str, port: int) -> None:
-    from service.auth import Role, create_key
+    from service.auth import Role, create_key, revoke_labelled
     from service.campaigns.service import import_campaigns
     from service.fences.service import import_fences
 
@@ -75,9 +115,14 @@ def _load_demo(engine: Any, host: str, port: int) -> None:
         f"{camp['unchanged']} unchanged",
         err=True,
     )
-    sdk = create_key(engine, Role.sdk, "demo")
-    server = create_key(engine, Role.server, "demo")
-    admin = create_key(engine, Role.admin, "demo")
+    # Keys are stored hashed, so the last demo's cannot be shown again: revoke them, so that
+    # each start leaves exactly three demo keys valid.
+    revoked = revoke_labelled(engine, DEMO_KEY_LABEL)
+    if revoked:
+        click.echo(f"demo: revoked the {revoked} keys of the previous demo start", err=True)
+    sdk = create_key(engine, Role.sdk, DEMO_KEY_LABEL)
+    server = create_key(engine, Role.server, DEMO_KEY_LABEL)
+    admin = create_key(engine, Role.admin, DEMO_KEY_LABEL)
     base = f"http://{host}:{port}"
     click.echo(
         f"""
@@ -102,12 +147,7 @@ try:
 @main.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic)."""
-    from service.db.engine import make_engine
-    from service.db.migrate import upgrade
-
-    settings = Settings()
-    engine = make_engine(settings)
-    upgrade(engine)
+    engine = _migrated_engine(Settings())
     click.echo(f"schema up to date on {engine.url.render_as_string(hide_password=True)}", err=True)
 
 
@@ -122,24 +162,16 @@ def keys() -> None:
 def keys_create(role: str, label: str | None) -> None:
     """Create a key and print it, alone, on stdout (it is stored hashed: copy it now)."""
     from service.auth import Role, create_key
-    from service.db.engine import make_engine
-    from service.db.migrate import upgrade
 
-    engine = make_engine(Settings())
-    upgrade(engine)
-    click.echo(create_key(engine, Role(role), label))
+    click.echo(create_key(_migrated_engine(Settings()), Role(role), label))
 
 
 @keys.command("list")
 def keys_list() -> None:
     """List keys: id, role, label, created, revoked (never the keys themselves)."""
     from service.auth import list_keys
-    from service.db.engine import make_engine
-    from service.db.migrate import upgrade
 
-    engine = make_engine(Settings())
-    upgrade(engine)
-    for k in list_keys(engine):
+    for k in list_keys(_migrated_engine(Settings())):
         revoked = k["revoked_at"] or "-"
         click.echo(
             f"{k['id']}  {k['role']:<6}  {k['created_at']}  revoked={revoked}  {k['label'] or ''}"
@@ -151,9 +183,8 @@ def keys_list() -> None:
 def keys_revoke(key_id: str) -> None:
     """Revoke a key by the id `keys list` shows."""
     from service.auth import revoke_key
-    from service.db.engine import make_engine
 
-    if not revoke_key(make_engine(Settings()), key_id):
+    if not revoke_key(_migrated_engine(Settings()), key_id):
         raise click.ClickException(f"no live key with id {key_id}")
     click.echo(f"revoked {key_id}", err=True)
 
@@ -209,9 +240,10 @@ def _upload(kind: str, file: Path, url: str, key: str | None, params: dict[str, 
     click.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
     if resp.status_code >= 400:
         err = body.get("error", {})
-        raise click.ClickException(
-            f"HTTP {resp.status_code}: {err.get('message', resp.text[:200])}"
-        )
+        message = str(err.get("message", resp.text[:200]))
+        # The API names its query parameter; this command's flag is spelt differently.
+        message = message.replace("on_error=skip", "--on-error skip")
+        raise click.ClickException(f"HTTP {resp.status_code}: {message}")
 
 
 _URL = click.option(

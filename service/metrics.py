@@ -58,6 +58,12 @@ IMPORT_DURATION = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
 )
 
+ERASURES_PENDING = Gauge(
+    "geo_offers_erasures_pending",
+    "Erasures whose database part is done and whose Redis part waits (for Redis to answer).",
+    multiprocess_mode="livemax",
+)
+
 _CHILDREN: dict[tuple[Any, ...], Any] = {}
 
 
@@ -89,6 +95,10 @@ def observe_cap_rejection(cap: str) -> None:
 def set_index(fences: int, version: int) -> None:
     INDEX_FENCES.set(fences)
     INDEX_VERSION.set(version)
+
+
+def set_pending_erasures(count: int) -> None:
+    ERASURES_PENDING.set(count)
 
 
 def set_campaigns_version(version: int) -> None:

@@ -38,6 +38,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes for `serve`.")
+    keep_alive_s: float = Field(
+        default=75.0,
+        gt=0,
+        description=(
+            "How long `serve` keeps an idle HTTP connection open. Longer than the idle timeout "
+            "of the load balancer or client pool in front (60 s is common), so that the other "
+            "side always closes first: a server closing an idle connection just as a client "
+            "reuses it drops that request (a 502 behind a balancer). uvicorn's default is 5 s."
+        ),
+    )
     auto_migrate: bool = Field(default=True, description="Run migrations when `serve` starts.")
 
     max_accuracy_m: float = Field(default=100.0, gt=0)
@@ -59,6 +69,14 @@ class Settings(BaseSettings):
         "minutes; at 24 h these answers were 99.8 % of Redis memory in the capacity plan).",
     )
     index_poll_s: float = Field(default=2.0, gt=0, description="Fence version polling period.")
+    erasure_retry_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "How often each replica retries erasures left pending (Redis was down) and checks "
+            "that Redis still holds the consent denials (refilled from the database if not)."
+        ),
+    )
     import_max_error_details: int = Field(default=1000, gt=0)
     key_cache_s: float = Field(
         default=30.0, ge=0, description="API key lookups cached this long (revocation delay)."

@@ -190,3 +190,17 @@ def test_a_200_with_a_malformed_body_is_a_failure(service: Seeded) -> None:
         fake.server_close()
     assert run.returncode == 1, run.stdout + run.stderr
     assert "SLO breached: error ratio 100.00 %" in run.stdout, run.stdout
+
+
+def test_a_named_seed_file_that_is_missing_is_named(tmp_path: Path) -> None:
+    # The README's "any host" gate run needs a seed file; without one it blamed the key.
+    missing = tmp_path / "nowhere.json"
+    run = subprocess.run(
+        [sys.executable, "-c", "import loadtest.locustfile"],
+        env={**os.environ, "GEO_OFFERS_LOAD_SEED": str(missing)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert f"seed file {missing} not found: create it first with python -m loadtest.seed" in (
+        run.stderr
+    )

@@ -5,17 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, Path, Query, Request, UploadFile
 from pydantic import BaseModel
 
 from service.auth import Role
 from service.campaigns import service
 from service.http.auth import require
+from service.http.routing import JSONBodyRoute
+from service.limits import NO_CONTROL
 from service.metrics import time_import
 from service.offers.report import campaign_report
 
-router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], route_class=JSONBodyRoute)
 AdminKey = Annotated[Role, Depends(require(Role.admin))]
+CampaignId = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_CONTROL)]
 
 
 class CampaignPatch(BaseModel):
@@ -45,7 +48,7 @@ async def list_campaigns(request: Request, _: AdminKey) -> dict[str, Any]:
 
 
 @router.get("/{campaign_id}", summary="Read one campaign")
-async def get_campaign(campaign_id: str, request: Request, _: AdminKey) -> dict[str, Any]:
+async def get_campaign(campaign_id: CampaignId, request: Request, _: AdminKey) -> dict[str, Any]:
     return await anyio.to_thread.run_sync(
         service.get_campaign, request.app.state.engine, campaign_id
     )
@@ -53,7 +56,7 @@ async def get_campaign(campaign_id: str, request: Request, _: AdminKey) -> dict[
 
 @router.patch("/{campaign_id}", summary="Pause or resume a campaign")
 async def patch_campaign(
-    campaign_id: str, patch: CampaignPatch, request: Request, _: AdminKey
+    campaign_id: CampaignId, patch: CampaignPatch, request: Request, _: AdminKey
 ) -> dict[str, Any]:
     out = await anyio.to_thread.run_sync(
         service.set_status, request.app.state.engine, campaign_id, patch.status
@@ -64,7 +67,7 @@ async def patch_campaign(
 
 @router.get("/{campaign_id}/report", summary="Exposed, issued, redeemed, converted; lift")
 async def report(
-    campaign_id: str,
+    campaign_id: CampaignId,
     request: Request,
     _: AdminKey,
     attribution_h: Annotated[float, Query(gt=0, le=24 * 90)] = 72.0,

@@ -9,9 +9,12 @@ Value forms:
 
 - duration: ``"<int><unit>"`` with unit ``s m h d w`` (``"30m"``, ``"24h"``, ``"7d"``) or a
   bare positive int of seconds; stored as int seconds (so documents round-trip as ints).
-- window: ``"HH:MM-HH:MM"`` in the store's local time; the end may be ``24:00``; an end
-  before the start is an overnight window (``"21:00-08:00"``) that belongs to the day it
-  starts on.
+- window: ``"HH:MM-HH:MM"`` in the store's local time; an end of ``00:00`` or ``24:00``
+  means midnight (``"21:00-00:00"`` is ``"21:00-24:00"``); an end before the start is an
+  overnight window (``"21:00-08:00"``) that belongs to the day it starts on.
+- text: no control characters (C0 but tab, line feed and carriage return; DEL; C1), raw
+  or escaped, anywhere in the file: PostgreSQL and the YAML reader refuse some of them,
+  and none belongs in a campaign.
 - day: ``mon`` … ``sun`` in any case.
 
 Field paths in errors read like ``offer.coupon.type`` and ``caps[1].window`` (list
@@ -88,7 +91,10 @@ DURATION_FORM = (
     '"<whole number><unit>" with unit s, m, h, d or w (e.g. "30m", "24h", "7d"), '
     "or a whole number of seconds"
 )
-WINDOW_FORM = '"HH:MM-HH:MM" (e.g. "07:00-11:00", overnight "21:00-08:00", end may be 24:00)'
+WINDOW_FORM = (
+    '"HH:MM-HH:MM" (e.g. "07:00-11:00", overnight "21:00-08:00"; an end of 00:00 or 24:00 '
+    "is midnight)"
+)
 #: Longer than any sensible cap window, lookback or coupon life; also keeps timedelta sane.
 MAX_DURATION_S = 366 * 86_400
 
@@ -98,6 +104,12 @@ _WINDOW_RE = re.compile(r"([0-9]{1,2}):([0-9]{2})\s*-\s*([0-9]{1,2}):([0-9]{2})"
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _ID_RE = re.compile(_ID_PATTERN)
 _SCALAR = (str, int, float, bool)
+MAX_CONDITION_ITEMS = 1_000
+MAX_CONDITION_TEXT = 1_000
+# Raw in the text: C0 but tab, LF and CR; DEL; C1 (PyYAML's reader refuses most of these).
+_RAW_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# In a parsed value (JSON or YAML escapes): the same, and lone surrogates (not UTF-8).
+_VALUE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 # A YAML file of a few kilobytes can expand to billions of nodes through nested aliases.
 _MAX_NODES = 200_000
 
@@ -231,6 +243,8 @@ def _parse_window(text: str) -> dict[str, int]:
     if not m:
         raise ValueError(f"invalid window {text!r}: expected {WINDOW_FORM}")
     sh, sm, eh, em = (int(g) for g in m.groups())
+    if (eh, em) == (0, 0):
+        eh = 24  # DESIGN §4: an end of 00:00 means midnight, as 24:00 does
     if sh > 23 or sm > 59:
         raise ValueError(
             f"invalid window {text!r}: start {m[1]}:{m[2]} is not a time of day "
@@ -259,7 +273,7 @@ class CapSpec(_Spec):
 class Policies(_Spec):
     """Per-user limits across all campaigns."""
 
-    caps: list[CapSpec] = []
+    caps: list[CapSpec] = Field(default=[], max_length=20)
     channel_caps: dict[Channel, list[CapSpec]] = {}
     min_gap: Duration | None = None
     quiet_hours: Window | None = None
@@ -285,15 +299,15 @@ class Trigger(_Spec):
 class Targeting(_Spec):
     """Stores by id or tag, any match; both empty means every store."""
 
-    store_ids: list[Label] = []
-    tags: list[Label] = []
+    store_ids: list[Label] = Field(default=[], max_length=10_000)
+    tags: list[Label] = Field(default=[], max_length=1_000)
 
 
 class Schedule(_Spec):
     """Days and daily hours in the store's local time; no hours means all day."""
 
     days: list[DayName] = Field(default_factory=lambda: list(DAYS), min_length=1)
-    hours: list[Window] = []
+    hours: list[Window] = Field(default=[], max_length=48)
 
     @field_validator("days")
     @classmethod
@@ -314,12 +328,17 @@ class Condition(_Spec):
         op = info.data.get("op")
         if op is None:
             return value  # the op itself is already reported
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and len(v) > MAX_CONDITION_TEXT for v in texts):
+            raise ValueError(f"condition values are at most {MAX_CONDITION_TEXT} characters")
         if op in ("exists", "not_exists"):
             if value is not None:
                 raise ValueError(f"op {op!r} takes no value")
         elif op in ("in", "not_in"):
             if not isinstance(value, list) or not value:
                 raise ValueError(f"op {op!r} needs a non-empty list value, got {value!r}")
+            if len(value) > MAX_CONDITION_ITEMS:
+                raise ValueError(f"op {op!r} takes at most {MAX_CONDITION_ITEMS} values")
             bad = [v for v in value if not isinstance(v, _SCALAR)]
             if bad:
                 raise ValueError(f"op {op!r} list items must be strings, numbers or booleans")
@@ -339,8 +358,8 @@ class Condition(_Spec):
 class Audience(_Spec):
     """All ``include`` conditions must hold and no ``exclude`` condition may hold."""
 
-    include: list[Condition] = []
-    exclude: list[Condition] = []
+    include: list[Condition] = Field(default=[], max_length=50)
+    exclude: list[Condition] = Field(default=[], max_length=50)
 
 
 class ExceptionRule(_Spec):
@@ -412,8 +431,8 @@ class Campaign(_Spec):
     targeting: Targeting = Field(default_factory=Targeting)
     schedule: Schedule = Field(default_factory=Schedule)
     audience: Audience = Field(default_factory=Audience)
-    exceptions: list[ExceptionRule] = []
-    caps: list[CapSpec] = []
+    exceptions: list[ExceptionRule] = Field(default=[], max_length=50)
+    caps: list[CapSpec] = Field(default=[], max_length=20)
     budget: Budget = Field(default_factory=Budget)
     rollout_pct: Num = Field(default=100.0, ge=0, le=100)
     holdout_pct: Num = Field(default=0.0, ge=0, le=100)
@@ -444,7 +463,7 @@ class CampaignFile(_Spec):
     """A whole upload: shared ``policies`` and the ``campaigns`` (ids unique)."""
 
     policies: Policies = Field(default_factory=Policies)
-    campaigns: list[Campaign]
+    campaigns: list[Campaign] = Field(max_length=10_000)
 
     @model_validator(mode="before")
     @classmethod
@@ -587,6 +606,7 @@ def _load(data: bytes, filename: str | None) -> tuple[Any, Any]:
         raise SpecError(
             [_detail(None, None, f"not UTF-8 text (bad byte at line {line})", line)]
         ) from None
+    _refuse_raw_controls(text)
     name = (filename or "").lower()
     if name.endswith(".json"):
         return _load_json(text), None
@@ -596,6 +616,58 @@ def _load(data: bytes, filename: str | None) -> tuple[Any, Any]:
         except SpecError:
             pass  # YAML flow style also starts with a bracket; let YAML have a go
     return _load_yaml(text)
+
+
+def _codepoint(char: str) -> str:
+    return f"U+{ord(char):04X}"
+
+
+def _refuse_raw_controls(text: str) -> None:
+    """Every control character in the text, by line and column, before a parser sees it."""
+    details = []
+    for m in _RAW_CONTROL_RE.finditer(text):
+        line, col = _line_col(text, m.start())
+        reason = (
+            f"control character {_codepoint(m[0])} at line {line}, column {col} "
+            "(not allowed in a campaigns file)"
+        )
+        details.append(_detail(None, None, reason, line))
+        if len(details) == 20:
+            break
+    if details:
+        raise SpecError(details)
+
+
+def _control_details(doc: Any, root: Any) -> list[dict[str, Any]]:
+    """Keys and strings of the parsed document holding control characters (from escapes
+    such as ``\\u0000``), each named by campaign and field."""
+    raw_campaigns = doc.get("campaigns") if isinstance(doc, Mapping) else doc
+    out: list[dict[str, Any]] = []
+    stack: list[tuple[Any, list[str | int]]] = [(doc, [])]
+    while stack and len(out) < 20:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            bad = _VALUE_CONTROL_RE.search(item)
+            if bad is None:
+                continue
+            loc: list[str | int] = [*path]
+            if isinstance(doc, list):
+                loc = ["campaigns", *loc]
+            campaign = None
+            if len(loc) >= 2 and loc[0] == "campaigns" and isinstance(loc[1], int):
+                campaign = _campaign_key(raw_campaigns, loc[1])
+                field = _field_path(loc[2:])
+            else:
+                field = _field_path(loc)
+            reason = f"contains control character {_codepoint(bad[0])} (not allowed)"
+            out.append(_detail(campaign, field or None, reason, _line_of(root, path)))
+        elif isinstance(item, Mapping):
+            for key, value in item.items():
+                stack.append((key, path))  # a bad key is reported at its mapping
+                stack.append((value, [*path, str(key)]))
+        elif isinstance(item, list):
+            stack.extend((value, [*path, i]) for i, value in enumerate(item))
+    return out
 
 
 def _load_json(text: str) -> Any:
@@ -618,8 +690,9 @@ def _load_json(text: str) -> Any:
 
 
 def _load_yaml(text: str) -> tuple[Any, Any]:
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # its reader checks the first characters already
         node = loader.get_single_node()
         doc = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
@@ -631,7 +704,8 @@ def _load_yaml(text: str) -> tuple[Any, Any]:
     except yaml.YAMLError as exc:
         raise SpecError([_detail(None, None, f"YAML error: {exc}")]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return doc, node
 
 
@@ -776,6 +850,9 @@ def parse_campaign_file(data: bytes, filename: str | None = None) -> CampaignFil
         )
     if _too_big(doc):
         raise SpecError([_detail(None, None, "the file expands to too many values (aliases?)")])
+    controls = _control_details(doc, root)
+    if controls:
+        raise SpecError(controls)
     duplicates = _duplicate_details(doc, root)
     try:
         parsed = CampaignFile.model_validate(doc)

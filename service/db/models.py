@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from geoalchemy2 import Geometry
-from sqlalchemy import JSON, BigInteger, DateTime, Float, String, Text, func
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -161,3 +161,23 @@ class RedemptionRow(Base):
     amount: Mapped[float | None] = mapped_column(Float, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True, unique=True)
     response: Mapped[dict[str, Any]] = mapped_column(JSONDOC)
+
+
+class ErasureRow(Base):
+    """An erasure, from its request until its last step (Redis) is done, and after.
+
+    Keyed by a SHA-256 of the user id: the raw id and the devices are kept only while the
+    erasure is pending (its remaining steps need them) and cleared when it is done.
+    """
+
+    __tablename__ = "erasures"
+
+    user_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    devices: Mapped[list[str]] = mapped_column(JSONDOC)
+    status: Mapped[str] = mapped_column(String(16))  # pending | done
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

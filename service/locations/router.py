@@ -47,6 +47,7 @@ _EXPLAIN = {
     "description": "Admin keys only: also list every campaign's reason code.",
 }
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def _openapi(model: type[BaseModel], *parameters: dict[str, Any]) -> dict[str, Any]:
@@ -76,8 +77,14 @@ async def answer_ping(app_state: Any, authorization: str, query: str, body: byte
     role = await check_key(app_state.keys, authorization, _SDK)
     explain = False
     if query:
-        values = parse_qs(query).get("explain", [""])
-        explain = values[-1].lower() in _TRUE
+        values = parse_qs(query, keep_blank_values=True).get("explain", ["false"])
+        flag = values[-1].lower()
+        if flag not in _TRUE and flag not in _FALSE:
+            raise InvalidInput(
+                f"explain must be true or false, got {values[-1][:20]!r}",
+                [{"field": "query.explain", "reason": "not a boolean"}],
+            )
+        explain = flag in _TRUE
     if explain and role is not Role.admin:
         raise Forbidden("explain=true needs an admin key")
     ping = _parse(body, PingIn)

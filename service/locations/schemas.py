@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class PingIn(BaseModel):
     """One location ping. ``timestamp`` is RFC 3339 with an offset (``Z`` or ``+02:00``)."""
+
+    # Strict: the documented types only (lax mode read false as 0.0, and 0 as 1970).
+    model_config = ConfigDict(strict=True)
 
     device_id: str = Field(min_length=1, max_length=128)
     user_id: str | None = Field(default=None, min_length=1, max_length=128)
@@ -22,6 +25,8 @@ class PingIn(BaseModel):
 
 
 class PingBatchIn(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     pings: list[PingIn] = Field(min_length=1, max_length=100)
 
 

@@ -6,31 +6,26 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Request
-from pydantic import BaseModel, Field
 
 from service.auth import Role
 from service.http.auth import require
+from service.http.routing import JSONBodyRoute
+from service.limits import NO_CONTROL
 from service.offers.redemptions import redeem
+from service.offers.schemas import RedemptionIn, RedemptionOut
 
-router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"])
+router = APIRouter(prefix="/v1/redemptions", tags=["redemptions"], route_class=JSONBodyRoute)
 ServerKey = Annotated[Role, Depends(require(Role.server))]
 
 
-class RedemptionIn(BaseModel):
-    coupon_code: str = Field(min_length=1, max_length=96)
-    store_id: str | None = Field(default=None, max_length=128)
-    amount: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    user_id: str | None = Field(
-        default=None, max_length=128, description="Needed only for a campaign's shared code."
-    )
-
-
-@router.post("", summary="Redeem a coupon code once")
+@router.post("", response_model=RedemptionOut, summary="Redeem a coupon code once")
 async def post_redemption(
     body: RedemptionIn,
     request: Request,
     _: ServerKey,
-    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=128, pattern=NO_CONTROL)
+    ] = None,
 ) -> dict[str, Any]:
     """200 once; 409 already redeemed (with when); 410 expired; 404 unknown or forged.
     The same ``Idempotency-Key`` replays the first answer."""

@@ -61,7 +61,14 @@ class StateStore(Protocol):
 
     async def allow(self, user_key: str) -> None: ...
 
-    async def load_denied(self, user_keys: list[str]) -> None: ...
+    async def load_denied(self, user_keys: list[str]) -> None:
+        """Deny every user in ``user_keys`` (the database's list), then remember it was done."""
+        ...
+
+    async def denials_loaded(self) -> bool:
+        """False until :meth:`load_denied` ran against this store's current data: at start,
+        and again after Redis came back empty (a restart without persistence)."""
+        ...
 
     async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
         """Replace a ping's provisional answer by its final one (after the offer decision)."""
@@ -72,7 +79,12 @@ class StateStore(Protocol):
     async def forget(self, device_id: str) -> None: ...
 
     async def devices_of(self, user_key: str) -> set[str]:
-        """The devices linked to ``user_key`` (for erasure); forgets the link."""
+        """The devices linked to ``user_key`` (for erasure)."""
+        ...
+
+    async def unlink(self, user_key: str) -> None:
+        """Forget which devices ``user_key`` used (the last step of an erasure, so that a
+        retried erasure still finds them)."""
         ...
 
     async def ready(self) -> bool: ...

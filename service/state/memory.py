@@ -25,6 +25,7 @@ class MemoryStateStore:
         self._devices: dict[str, set[str]] = {}
         self._denied_users: set[str] = set()
         self._denied_devices: set[str] = set()
+        self._denials_loaded = False
 
     async def process(
         self,
@@ -72,6 +73,10 @@ class MemoryStateStore:
     async def load_denied(self, user_keys: list[str]) -> None:
         for user_key in user_keys:
             await self.deny(user_key)
+        self._denials_loaded = True
+
+    async def denials_loaded(self) -> bool:
+        return self._denials_loaded
 
     async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
         self._answers[(device_id, ping_key)] = (compact(body), time.monotonic() + self._answer_ttl)
@@ -81,7 +86,10 @@ class MemoryStateStore:
         return held[0] if held is not None and held[1] > time.monotonic() else None
 
     async def devices_of(self, user_key: str) -> set[str]:
-        return set(self._devices.pop(user_key, set()))
+        return set(self._devices.get(user_key, set()))
+
+    async def unlink(self, user_key: str) -> None:
+        self._devices.pop(user_key, None)
 
     async def forget(self, device_id: str) -> None:
         """Drop a device's state and its remembered answers (consent withdrawn, erasure)."""

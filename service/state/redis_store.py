@@ -80,6 +80,7 @@ class RedisStateStore:
         self._cas_script = _CAS.encode()
         self._cas = client.register_script(_CAS)  # redis-py's EVALSHA with a NOSCRIPT retry
         self._known: dict[str, bytes] = {}
+        self._denials_marker = f"{prefix}:{{denials}}:loaded"  # one key, its own slot
 
     @classmethod
     def from_url(
@@ -214,9 +215,20 @@ class RedisStateStore:
             raise StateUnavailable(str(exc)) from exc
 
     async def load_denied(self, user_keys: list[str]) -> None:
-        """Refill consent flags from the database (the truth) at start-up."""
+        """Refill consent flags from the database (the truth): at start-up, and whenever
+        Redis has lost them (the marker key is gone with them)."""
         for user_key in user_keys:
             await self.deny(user_key)
+        try:
+            await self._r.set(self._denials_marker, b"1")
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    async def denials_loaded(self) -> bool:
+        try:
+            return bool(await self._r.exists(self._denials_marker))
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
 
     async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
         _, answer_key = self._keys(device_id, ping_key)
@@ -234,13 +246,18 @@ class RedisStateStore:
         return None if raw is None else (raw if isinstance(raw, bytes) else raw.encode())
 
     async def devices_of(self, user_key: str) -> set[str]:
-        """The devices linked to a user (for erasure); the link is dropped."""
+        """The devices linked to a user (for erasure)."""
         try:
             devices = await self._linked(user_key)
-            await self._r.delete(self._user_key(user_key, "devices"))
         except RedisError as exc:
             raise StateUnavailable(str(exc)) from exc
         return devices - {user_key}
+
+    async def unlink(self, user_key: str) -> None:
+        try:
+            await self._r.delete(self._user_key(user_key, "devices"))
+        except RedisError as exc:
+            raise StateUnavailable(str(exc)) from exc
 
     async def forget(self, device_id: str) -> None:
         """Drop a device's state and remembered answers (consent withdrawn, erasure); the

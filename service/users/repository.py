@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy import (
     delete,
     func,
     literal,
+    or_,
     select,
     type_coerce,
     union_all,
@@ -20,10 +22,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.db.models import ExposureRow, OfferRow, UserEventRow, UserRow
+from service.db.models import ErasureRow, ExposureRow, OfferRow, UserEventRow, UserRow
 
 USERS: Table = UserRow.__table__  # type: ignore[assignment]
 EVENTS: Table = UserEventRow.__table__  # type: ignore[assignment]
+ERASURES: Table = ErasureRow.__table__  # type: ignore[assignment]
 
 
 def merge_attributes(conn: Connection, user_id: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -136,3 +139,130 @@ def users_without_consent(engine: Engine) -> list[str]:
         cond = func.json_extract(USERS.c.attributes, "$.location_consent") == 0
     with engine.connect() as conn:
         return [r[0] for r in conn.execute(select(USERS.c.user_id).where(cond))]
+
+
+# --- erasures: the durable record of each erasure -----------------------------------
+
+
+def user_hash(user_id: str) -> str:
+    """The key of a user's erasure record (the raw id is not kept once it is done)."""
+    return hashlib.sha256(user_id.encode()).hexdigest()
+
+
+def _insert(conn: Connection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def record_erasure(
+    conn: Connection, user_id: str, devices: list[str], now: datetime, lease_until: datetime
+) -> dict[str, Any] | None:
+    """Mark the user's erasure pending, leased to the caller until ``lease_until``, with
+    ``devices`` added to those a pending erasure already lists. Returns the record as it
+    was before (None if there was none), for :func:`restore_erasure`."""
+    key = user_hash(user_id)
+    fresh = conn.execute(
+        _insert(conn)(ERASURES)
+        .values(
+            user_hash=key, user_id=user_id, devices=[], status="new", requested_at=now,
+            attempts=0,
+        )
+        .on_conflict_do_nothing(index_elements=["user_hash"])
+        .returning(ERASURES.c.user_hash)
+    ).first() is not None  # fmt: skip
+    row = conn.execute(select(ERASURES).where(ERASURES.c.user_hash == key).with_for_update()).one()
+    before = None if fresh else dict(row._mapping)
+    was_pending = bool(row.status == "pending")
+    known = list(row.devices) if was_pending else []
+    conn.execute(
+        update(ERASURES)
+        .where(ERASURES.c.user_hash == key)
+        .values(
+            user_id=user_id,
+            devices=sorted({*known, *devices}),
+            status="pending",
+            requested_at=now,
+            completed_at=None,
+            attempts=(row.attempts if was_pending else 0) + 1,
+            last_error=None,
+            lease_until=lease_until,
+        )
+    )
+    return before
+
+
+def restore_erasure(conn: Connection, key: str, before: dict[str, Any] | None) -> None:
+    """Put the record back as :func:`record_erasure` found it (nothing was held after all)."""
+    if before is None:
+        conn.execute(delete(ERASURES).where(ERASURES.c.user_hash == key))
+    else:
+        conn.execute(update(ERASURES).where(ERASURES.c.user_hash == key).values(**before))
+
+
+def claim_erasure(
+    conn: Connection, now: datetime, lease_until: datetime
+) -> tuple[str, str, list[str]] | None:
+    """Lease the oldest pending erasure nobody holds: ``(user_hash, user_id, devices)``.
+
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas claiming at once take different
+    rows; the lease keeps others off it after this transaction, until it expires (a
+    replica killed halfway leaves its erasure to the next one).
+    """
+    free = or_(ERASURES.c.lease_until.is_(None), ERASURES.c.lease_until < now)
+    key = conn.execute(
+        select(ERASURES.c.user_hash)
+        .where(ERASURES.c.status == "pending", free)
+        .order_by(ERASURES.c.requested_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).scalar()
+    if key is None:
+        return None
+    row = conn.execute(
+        update(ERASURES)
+        .where(ERASURES.c.user_hash == key)
+        .values(lease_until=lease_until, attempts=ERASURES.c.attempts + 1)
+        .returning(ERASURES.c.user_id, ERASURES.c.devices)
+    ).one()
+    return key, row.user_id, list(row.devices)
+
+
+def release_erasure(conn: Connection, key: str, error: str) -> None:
+    """Give a pending erasure back (a step failed): any replica may retry it now."""
+    conn.execute(
+        update(ERASURES)
+        .where(ERASURES.c.user_hash == key, ERASURES.c.status == "pending")
+        .values(lease_until=None, last_error=error[:500])
+    )
+
+
+def finish_erasure(conn: Connection, key: str, now: datetime) -> None:
+    """Done: the raw user id and the devices are dropped; the record keeps the times."""
+    conn.execute(
+        update(ERASURES)
+        .where(ERASURES.c.user_hash == key)
+        .values(
+            status="done", user_id=None, devices=[], completed_at=now, lease_until=None,
+            last_error=None,
+        )
+    )  # fmt: skip
+
+
+def erasure_of(conn: Connection, user_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(
+            ERASURES.c.status,
+            ERASURES.c.requested_at,
+            ERASURES.c.completed_at,
+            ERASURES.c.attempts,
+            ERASURES.c.last_error,
+        ).where(ERASURES.c.user_hash == user_hash(user_id))
+    ).first()
+    return None if row is None else dict(row._mapping)
+
+
+def pending_erasures(conn: Connection) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(ERASURES).where(ERASURES.c.status == "pending")
+        ).scalar_one()
+    )

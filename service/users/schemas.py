@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, RootModel, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field, RootModel, field_validator
 
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,63}$")
+from service.limits import JsonObject, Properties, identifier
+
 #: Attributes with a meaning to the service, and the type each must have.
 KNOWN_TYPES: dict[str, tuple[type, ...]] = {
     "location_consent": (bool,),
@@ -17,27 +17,23 @@ KNOWN_TYPES: dict[str, tuple[type, ...]] = {
     "loyalty_tier": (str,),
     "signup_at": (str,),
 }
+MAX_ATTRIBUTES = 100
+#: Path parameter: a user id, as in ``users.user_id``.
+UserId = Annotated[str, identifier(128)]
+Attributes = Annotated[
+    dict[str, Any], JsonObject(2, objects=False, min_keys=1, max_keys=MAX_ATTRIBUTES)
+]
 
 
-class AttributesPatch(RootModel[dict[str, Any]]):
+class AttributesPatch(RootModel[Attributes]):
     """Attributes to set; ``null`` removes one. Values are JSON scalars or lists of scalars."""
 
     @field_validator("root")
     @classmethod
     def _check(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not value:
-            raise ValueError("send at least one attribute")
-        if len(value) > 100:
-            raise ValueError("at most 100 attributes per request")
         for key, v in value.items():
-            if not _KEY.match(key):
-                raise ValueError(f"attribute name {key!r} must match {_KEY.pattern}")
             if v is None:
                 continue
-            if isinstance(v, dict):
-                raise ValueError(f"{key}: nested objects are not supported")
-            if isinstance(v, list) and any(isinstance(x, dict | list) for x in v):
-                raise ValueError(f"{key}: lists may hold only scalars")
             want = KNOWN_TYPES.get(key)
             if want and not isinstance(v, want):
                 raise ValueError(f"{key} must be {want[0].__name__}")
@@ -51,15 +47,20 @@ class AttributesPatch(RootModel[dict[str, Any]]):
         return value
 
 
+def _text_only(value: object) -> object:
+    # Lax pydantic reads a number as epoch seconds; the schema says RFC 3339 text.
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an RFC 3339 timestamp with an offset, e.g. 2026-05-01T12:00:00Z")
+    return value
+
+
 class UserEventIn(BaseModel):
     type: str = Field(pattern=r"^[a-z][a-z0-9_.-]{0,63}$", examples=["purchase"])
-    occurred_at: AwareDatetime
-    store_id: str | None = Field(default=None, max_length=128)
-    properties: dict[str, Any] = Field(default_factory=dict)
-    event_id: str | None = Field(
+    occurred_at: Annotated[AwareDatetime, BeforeValidator(_text_only)]
+    store_id: Annotated[str, identifier(128)] | None = None
+    properties: Properties = Field(default_factory=dict)
+    event_id: Annotated[str, identifier(32)] | None = Field(
         default=None,
-        min_length=1,
-        max_length=32,
         description="Your id for this event: a retry with the same id is recorded once.",
     )
 
@@ -72,3 +73,14 @@ class UserEventOut(BaseModel):
     store_id: str | None
     properties: dict[str, Any]
     duplicate: bool
+
+
+class ErasureOut(BaseModel):
+    """An erasure's progress: ``pending`` while its Redis steps wait for Redis."""
+
+    user_id: str
+    status: Literal["pending", "done"]
+    requested_at: datetime
+    completed_at: datetime | None
+    attempts: int
+    last_error: str | None

@@ -1,9 +1,10 @@
-"""User attributes, events and erasure."""
+"""User attributes and events (erasure: :mod:`service.users.erasure`)."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -14,9 +15,19 @@ from service.users import repository as repo
 from service.users.schemas import UserEventIn
 
 
-def patch_attributes(engine: Engine, user_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+def patch_attributes(
+    engine: Engine,
+    user_id: str,
+    patch: dict[str, Any],
+    before_commit: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Merge ``patch``; ``before_commit`` runs inside the transaction, so that when it
+    raises (a consent change Redis could not take) nothing is written."""
     with engine.begin() as conn:
-        return repo.merge_attributes(conn, user_id, patch)
+        attrs = repo.merge_attributes(conn, user_id, patch)
+        if before_commit is not None:
+            before_commit()
+    return attrs
 
 
 def record_event(
@@ -58,13 +69,3 @@ def load_facts_inputs(
         attrs = repo.get_attributes(conn, user_key) or {}
         events = repo.recent_events(conn, user_key, since)
     return attrs, events
-
-
-def erase_user(engine: Engine, user_id: str) -> tuple[dict[str, int], list[str]]:
-    """Delete attributes and events; anonymize offers and exposures. Returns the counts and
-    the devices seen for this user (their device state is dropped by the caller)."""
-    pseudonym = f"erased-{uuid.uuid4().hex}"
-    with engine.begin() as conn:
-        devices = repo.devices_of(conn, user_id)
-        counts = repo.erase(conn, user_id, pseudonym)
-    return counts, devices

@@ -239,11 +239,74 @@ def test_bad_duration_values(value: object) -> None:
     ("text", "start", "end", "overnight"),
     [("07:00-11:00", 420, 660, False), ("21:00-08:00", 1260, 480, True),
      ("22:00-24:00", 1320, 1440, False), ("00:00-24:00", 0, 1440, False),
-     ("7:30-9:00", 450, 540, False)],
+     ("7:30-9:00", 450, 540, False),
+     # DESIGN §4: an end of 00:00 is midnight, like 24:00
+     ("21:00-00:00", 1260, 1440, False), ("00:00-00:00", 0, 1440, False)],
 )  # fmt: skip
 def test_windows(text: str, start: int, end: int, overnight: bool) -> None:
     w = Window.model_validate(text)
     assert (w.start, w.end, w.overnight) == (start, end, overnight)
+
+
+def test_a_window_ending_at_00_00_is_stored_as_24_00_and_covers_the_evening() -> None:
+    w = Window.model_validate("21:00-00:00")
+    assert str(w) == "21:00-24:00" and w.covers(23 * 60 + 59.5) and not w.covers(20 * 60)
+    doc = {"quiet_hours": "21:00-00:00"}
+    parsed = parse_campaign_file(json.dumps({"policies": doc, "campaigns": []}).encode(), "c.json")
+    assert str(parsed.policies.quiet_hours) == "21:00-24:00"
+
+
+@pytest.mark.parametrize(
+    ("data", "filename", "reason", "line"),
+    [
+        # raw, as the fuzzer sent it: PyYAML's reader refused it with a ReaderError (a 500)
+        (
+            "campaigns:\n  - id: a\u009c\n".encode(),
+            "c.yaml",
+            "control character U+009C at line 2, column 10",
+            2,
+        ),
+        (b"\x01campaigns: []\n", "c.yaml", "control character U+0001 at line 1, column 1", 1),
+        (
+            b'{"campaigns": [], "x": "a\x07"}',
+            "c.json",
+            "control character U+0007 at line 1, column 26",
+            1,
+        ),
+    ],
+)
+def test_raw_control_characters_are_named_before_the_parser_sees_them(
+    data: bytes, filename: str, reason: str, line: int
+) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_campaign_file(data, filename)
+    assert err.value.details[0]["reason"].startswith(reason)
+    assert err.value.details[0]["line"] == line
+
+
+def test_escaped_control_characters_are_named_by_campaign_and_field() -> None:
+    # JSON's \u0000 and YAML's "\x00" reach the document; PostgreSQL's jsonb refuses \u0000.
+    doc = json.loads(json.dumps(minimal("c1")))
+    doc["offer"]["title"] = "20% off\u0000"
+    doc["targeting"] = {"tags": ["ok", "bad\x9c"]}
+    with pytest.raises(SpecError) as err:
+        parse_campaign_file(json.dumps({"campaigns": [doc]}).encode(), "c.json")
+    got = {(d["campaign"], d["field"], d["reason"]) for d in err.value.details}
+    assert got == {
+        ("c1", "offer.title", "contains control character U+0000 (not allowed)"),
+        ("c1", "targeting.tags[1]", "contains control character U+009C (not allowed)"),
+    }
+    yaml_text = 'campaigns:\n  - id: c2\n    name: "Latte\\x00"\n'
+    with pytest.raises(SpecError) as err:
+        parse_campaign_file(yaml_text.encode(), "c.yaml")
+    assert err.value.details == [
+        {
+            "campaign": "c2",
+            "field": "name",
+            "reason": "contains control character U+0000 (not allowed)",
+            "line": 3,
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -502,3 +565,20 @@ campaigns: []
 def test_campaign_file_model_directly_rejects_duplicates() -> None:
     with pytest.raises(ValueError, match="duplicate campaign id"):
         CampaignFile.model_validate([minimal("a"), minimal("a")])
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field", "reason"),
+    [
+        ("targeting", {"tags": ["t"] * 1_001}, "targeting.tags", "at most 1000 items"),
+        ("caps", [{"count": 1, "window": "1h"}] * 21, "caps", "at most 20 items"),
+        ("audience", {"include": [{"field": "tier", "op": "in", "value": ["g"] * 1_001}]},
+         "audience.include[0].value", "at most 1000 values"),
+        ("audience", {"include": [{"field": "tier", "op": "eq", "value": "g" * 1_001}]},
+         "audience.include[0].value", "at most 1000 characters"),
+    ],
+)  # fmt: skip
+def test_lists_and_texts_have_limits(path: str, value: Any, field: str, reason: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_campaign_file(as_json({"campaigns": [_set(minimal(), path, value)]}), "c.json")
+    assert [(d["field"], reason in d["reason"]) for d in err.value.details] == [(field, True)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from geofences.parsing import (
     iter_fences,
     iter_geojson,
 )
+from geofences.sphere import EARTH_RADIUS_M
 from geofences.timezones import (
     is_open_sea_or_antarctica,
     is_valid_timezone,
@@ -521,13 +523,15 @@ SQUARE_WITH_HOLE = {
     ],
 }
 
+# 0.1° x 0.15° (16.7 km x 16 km across ±180: within the 20 km extent of a fence)
 ANTIMERIDIAN = {
     "type": "MultiPolygon",
     "coordinates": [
-        [[[179.9, -16.9], [180.0, -16.9], [180.0, -16.7], [179.9, -16.7], [179.9, -16.9]]],
-        [[[-180.0, -16.9], [-179.9, -16.9], [-179.9, -16.7], [-180.0, -16.7], [-180.0, -16.9]]],
+        [[[179.9, -16.85], [180.0, -16.85], [180.0, -16.75], [179.9, -16.75], [179.9, -16.85]]],
+        [[[-180.0, -16.85], [-179.95, -16.85], [-179.95, -16.75], [-180.0, -16.75],
+          [-180.0, -16.85]]],
     ],
-}
+}  # fmt: skip
 
 
 def test_geojson_circles_and_polygons() -> None:
@@ -820,3 +824,108 @@ def test_streaming_200k_rows_in_flat_memory() -> None:
     # 150 bytes per id; every row itself is freed once yielded.
     assert peak < 160 * rows + 2_000_000, (peak, stream.size)
     assert peak < stream.size / 3, (peak, stream.size)
+
+
+def _box(lng: float, lat: float, d_lng: float, d_lat: float) -> dict[str, Any]:
+    ring = [
+        [lng, lat],
+        [lng + d_lng, lat],
+        [lng + d_lng, lat + d_lat],
+        [lng, lat + d_lat],
+        [lng, lat],
+    ]
+    return {"type": "Polygon", "coordinates": [ring]}
+
+
+@pytest.mark.parametrize(
+    ("geometry", "reason"),
+    [
+        # the polygon: every ping on Earth "entered" it
+        (_box(-170, -80, 340, 160), "polygon spans 17,791.2 km north-south and 37,806.3 km east-west; "
+         "a fence spans at most 20 km either way"),
+        (_box(2.3, 48.8, 0.1, 0.19), "polygon spans 21.1 km north-south"),
+        (_box(2.3, 48.8, 0.3, 0.1), "and 22.0 km east-west"),
+        # across the antimeridian, measured the short way round (0.4° of longitude)
+        ({"type": "MultiPolygon", "coordinates": [_box(179.8, -16.9, 0.2, 0.1)["coordinates"],
+          _box(-180, -16.9, 0.2, 0.1)["coordinates"]]}, "and 42.6 km east-west"),
+        ({"type": "Polygon", "coordinates": [[[2.3 + 0.1 * math.cos(a * math.pi / 6000),
+          48.8 + 0.05 * math.sin(a * math.pi / 6000)] for a in range(12_000)] + [[2.4, 48.8]]]},
+         "Polygon has 12001 positions (at most 10000); simplify it"),
+    ],
+)  # fmt: skip
+def test_polygons_have_size_limits_named_in_the_row_error(
+    geometry: dict[str, Any], reason: str
+) -> None:
+    [error] = parse_geojson(collection(feature(geometry, store_id="big", name="Big")))
+    assert isinstance(error, RowError) and error.field == "geometry", error
+    assert reason in error.reason
+
+
+def test_polygon_area_limit_is_a_10_km_circle() -> None:
+    # A 19.9 km square is within the extent limit, and its 396 km² over the area limit.
+    d_lat = d_lng = 19_900 / (math.pi * EARTH_RADIUS_M / 180)  # at the equator
+    [error] = parse_geojson(
+        collection(feature(_box(30, 0, d_lng, d_lat), store_id="sq", name="Sq"))
+    )
+    assert isinstance(error, RowError)
+    assert error.reason.startswith("polygon covers 39") and "at most 314.2 km²" in error.reason
+    small = _box(30, 0, d_lng / 2, d_lat / 2)  # ~99 km²
+    assert isinstance(
+        parse_geojson(collection(feature(small, store_id="ok", name="Ok")))[0], ParsedRow
+    )
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "reason"),
+    [
+        ("s1,Caf\x01e,40.7,-74.0", "name", "name contains control character U+0001"),
+        ("s1,Cafe\x9c,40.7,-74.0", "name", "name contains control character U+009C"),
+        ("s1," + "n" * 201 + ",40.7,-74.0", "name", "name is 201 characters long (at most 200)"),
+    ],
+)
+def test_csv_text_with_control_characters_or_too_long_is_a_row_error(
+    row: str, field: str, reason: str
+) -> None:
+    [error] = parse_csv(f"{HEADER}\n{row}\n")
+    assert isinstance(error, RowError) and (error.field, error.reason) == (field, reason)
+
+
+def test_csv_nul_past_the_sniffed_head_is_a_row_error() -> None:
+    # A NUL in the first 64 KiB makes the file "binary"; further down it is the row's error.
+    rows = "".join(f"s{i},Shop {i},40.7,-74.0\n" for i in range(4_000))
+    got = parse_csv(f"{HEADER}\n{rows}late,Caf\x00e,40.7,-74.0\n")
+    errors = [e for e in got if isinstance(e, RowError)]
+    assert [(e.line, e.field, e.reason) for e in errors] == [
+        (4_002, "name", "name contains control character U+0000")
+    ]
+
+
+def test_geojson_text_with_nul_is_a_row_error_named_by_field() -> None:
+    # PostgreSQL refuses NUL in text and \u0000 in jsonb: a 500 before, a row error now.
+    data = collection(
+        feature(point(2.35, 48.85), store_id="a", name="A", address="1 rue\u0000"),
+        feature(point(2.35, 48.85), store_id="b", name="B", tags=["ok", "x\u0001"]),
+        feature(point(2.35, 48.85), store_id="c", name="C", note={"deep": ["fine", "bad\u0000"]}),
+        feature(point(2.35, 48.85), store_id="d", name="D", note="two\nlines\tare fine"),
+    )
+    got = parse_geojson(data)
+    errors = {(e.store_id, e.field, e.reason) for e in got if isinstance(e, RowError)}
+    assert errors == {
+        ("a", "address", "address contains control character U+0000"),
+        ("b", "tags", "a tag contains control character U+0001"),
+        ("c", "note", "note.deep.1 contains control character U+0000"),
+    }
+    assert [r.record.store_id for r in got if isinstance(r, ParsedRow)] == ["d"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4,
+        b"\x00" * 64 + b"store_id",
+        bytes(range(256)) * 8,
+    ],
+)
+def test_a_binary_upload_is_called_binary_not_utf16(data: bytes) -> None:
+    message = str(file_error(data, iter_fences, filename="stores.csv"))
+    assert message.startswith("file is binary, not CSV or GeoJSON text"), message

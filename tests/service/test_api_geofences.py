@@ -160,6 +160,13 @@ def test_list_paging_tag_and_near(any_api: Api) -> None:
     assert 160_000 < far["items"][0]["distance_m"] < 175_000
     half = c.get("/v1/geofences", params={"near_lat": 40.0}, headers=h)
     assert half.status_code == 422 and half.json()["error"]["details"][0]["field"] == "near_lng"
+    # Without within_m it was a 200 with no items (1 km by default): a radius must be said.
+    no_radius = c.get("/v1/geofences", params={"near_lat": 40.74, "near_lng": -73.99}, headers=h)
+    assert no_radius.status_code == 422, no_radius.text
+    assert [d["field"] for d in no_radius.json()["error"]["details"]] == ["within_m"]
+    for bad in ({"tag": "a\x00"}, {"cursor": "c\x00"}):
+        assert c.get("/v1/geofences", params=bad, headers=h).status_code == 422
+    assert c.get("/v1/geofences/s%00", headers=h).status_code == 422
 
 
 def test_delete_and_not_found(any_api: Api) -> None:
