@@ -115,18 +115,18 @@ def delete_one(conn: Connection, store_id: str) -> bool:
     return bool(conn.execute(delete(T).where(T.c.store_id == store_id)).rowcount)
 
 
-def delete_missing(conn: Connection, keep: set[str], batch: int = 1000) -> int:
-    """Delete every fence whose store_id is not in ``keep`` (``mode=replace``)."""
+def delete_missing(conn: Connection, keep: set[str], batch: int = 1000) -> list[str]:
+    """Delete every fence whose store_id is not in ``keep`` (``mode=replace``); returns the
+    deleted ids."""
     gone: list[str] = []
-    deleted = 0
     # execution_options on the statement: on the Connection they would stick to it.
     ids = conn.execute(select(T.c.store_id).execution_options(yield_per=10_000))
     for (store_id,) in ids:
         if store_id not in keep:
             gone.append(store_id)
     for i in range(0, len(gone), batch):
-        deleted += conn.execute(delete(T).where(T.c.store_id.in_(gone[i : i + batch]))).rowcount
-    return deleted
+        conn.execute(delete(T).where(T.c.store_id.in_(gone[i : i + batch])))
+    return gone
 
 
 # --- reads ----------------------------------------------------------------------------
