@@ -95,6 +95,33 @@ def record_to_row(rec: FenceRecord) -> dict[str, Any]:
     return row
 
 
+#: Columns of the staging table an import streams into with COPY (PostgreSQL), in order.
+STAGE_COLUMNS = (
+    "store_id", "name", "kind", "lat", "lng", "radius_m", "geometry_json", "shape", "tags",
+    "timezone", "address", "extra", "content_hash",
+)  # fmt: skip
+
+
+def stage_values(rec: FenceRecord) -> tuple[Any, ...]:
+    """``rec`` as a staging row: :func:`record_to_row` without the dict, the store point's
+    WKT (made in SQL from lat, lng) or the SQLAlchemy bind processing (4 us less a row)."""
+    geometry_json = orjson.dumps(rec.geometry).decode() if rec.geometry is not None else None
+    shape = f"SRID=4326;{_polygon_wkt(rec.geometry)}" if rec.geometry is not None else None
+    kind = "circle" if rec.geometry is None else "polygon"
+    tags = list(rec.tags)
+    extra = dict(rec.extra)
+    digest = orjson.dumps(
+        [rec.name, kind, rec.lat, rec.lng, rec.radius_m, geometry_json, tags, rec.timezone,
+         rec.address, extra],
+        option=orjson.OPT_SORT_KEYS,
+    )  # fmt: skip
+    return (
+        rec.store_id, rec.name, kind, rec.lat, rec.lng, rec.radius_m, geometry_json, shape,
+        orjson.dumps(tags).decode(), rec.timezone, rec.address, orjson.dumps(extra).decode(),
+        hashlib.md5(digest, usedforsecurity=False).hexdigest(),
+    )  # fmt: skip
+
+
 def existing_hashes(conn: Connection, store_ids: Sequence[str]) -> dict[str, str]:
     rows = conn.execute(select(T.c.store_id, T.c.content_hash).where(T.c.store_id.in_(store_ids)))
     return {r.store_id: r.content_hash for r in rows}

@@ -13,6 +13,7 @@ from geofences.parsing import FileError, RowError, iter_fences
 from service.errors import InvalidFile, NotFound
 from service.fences import changelog
 from service.fences import repository as repo
+from service.fences.bulk import Staging
 from service.fences.live import IndexHolder
 from service.timeutil import aware_or_none
 
@@ -57,7 +58,9 @@ def import_fences(
 ) -> ImportResult:
     """Stream a CSV/GeoJSON upload into the store of record in one transaction.
 
-    The file is read once, in batches of ``BATCH`` rows. With ``on_error=abort`` (default)
+    The file is read once. On PostgreSQL rows stream into a staging table with COPY and
+    are merged in SQL (:mod:`service.fences.bulk`); on SQLite they are written in batches
+    of ``BATCH`` rows. With ``on_error=abort`` (default)
     any bad row raises :class:`InvalidFile` listing every bad row (up to ``max_details``)
     and the transaction is rolled back, so nothing is written; ``on_error=skip`` writes the
     good rows and reports the bad ones. ``mode=replace`` also deletes the fences absent from
@@ -73,7 +76,7 @@ def import_fences(
     batch: list[dict[str, Any]] = []
     changed: list[str] | None = []
 
-    def flush() -> None:
+    def flush() -> None:  # the SQLite path: batches of BATCH rows
         nonlocal changed
         if not batch or (n_errors and on_error == "abort"):
             batch.clear()
@@ -97,26 +100,13 @@ def import_fences(
                 changed = None
         batch.clear()
 
-    with engine.begin() as conn:
-        repo.lock_version(conn)
-        try:
-            for item in iter_fences(stream, filename):
-                if isinstance(item, RowError):
-                    n_errors += 1
-                    if item.store_id and mode == "replace":
-                        seen.add(item.store_id)
-                    if len(result.errors) < max_details:
-                        result.errors.append(item.to_dict())
-                    continue
-                if mode == "replace":  # only replace needs every id (to find the absent ones)
-                    seen.add(item.record.store_id)
-                batch.append(repo.record_to_row(item.record))
-                if len(batch) >= BATCH:
-                    flush()
-            flush()
-        except FileError as exc:
-            details = [e.to_dict() for e in exc.errors]
-            raise InvalidFile(str(exc), details) from exc
+    def error(item: RowError) -> None:
+        nonlocal n_errors
+        n_errors += 1
+        if len(result.errors) < max_details:
+            result.errors.append(item.to_dict())
+
+    def check_errors() -> None:
         if n_errors:
             result.skipped = n_errors
         if n_errors and on_error == "abort":
@@ -126,19 +116,69 @@ def import_fences(
                 "(fix them, or import with on_error=skip to write the good rows)",
                 result.errors,
             )
-        if mode == "replace":
-            good = result.created + result.updated + result.unchanged
-            if good == 0:
-                raise InvalidFile(
-                    "mode=replace with a file of no valid fences would delete every fence; "
-                    "nothing was written"
-                )
-            gone = repo.delete_missing(conn, seen)
-            result.deleted = len(gone)
-            if changed is not None:
-                changed.extend(gone)
-                if len(changed) > delta_max:
-                    changed = None
+
+    def check_replace() -> None:
+        if mode == "replace" and result.created + result.updated + result.unchanged == 0:
+            raise InvalidFile(
+                "mode=replace with a file of no valid fences would delete every fence; "
+                "nothing was written"
+            )
+
+    with engine.begin() as conn:
+        repo.lock_version(conn)
+        if conn.dialect.name == "postgresql":
+            staging = Staging(conn)
+            try:
+                with staging.writer() as (add, keep):
+                    for item in iter_fences(stream, filename):
+                        if isinstance(item, RowError):
+                            error(item)
+                            if item.store_id:
+                                keep(item.store_id)
+                        elif not n_errors or on_error != "abort":
+                            add(item.record)
+            except FileError as exc:
+                details = [e.to_dict() for e in exc.errors]
+                raise InvalidFile(str(exc), details) from exc
+            check_errors()
+            result.created, result.updated, result.unchanged = staging.counts()
+            check_replace()
+            changed = None
+            if result.created + result.updated <= delta_max:
+                changed = staging.changed_ids()
+            if not dry_run:
+                staging.merge(result.created, result.updated)
+            if mode == "replace":
+                gone = staging.delete_missing()
+                result.deleted = len(gone)
+                if changed is not None:
+                    changed.extend(gone)
+        else:
+            try:
+                for item in iter_fences(stream, filename):
+                    if isinstance(item, RowError):
+                        error(item)
+                        if item.store_id and mode == "replace":
+                            seen.add(item.store_id)
+                        continue
+                    if mode == "replace":  # only replace needs every id (the absent ones)
+                        seen.add(item.record.store_id)
+                    batch.append(repo.record_to_row(item.record))
+                    if len(batch) >= BATCH:
+                        flush()
+                flush()
+            except FileError as exc:
+                details = [e.to_dict() for e in exc.errors]
+                raise InvalidFile(str(exc), details) from exc
+            check_errors()
+            check_replace()
+            if mode == "replace":
+                gone = repo.delete_missing(conn, seen)
+                result.deleted = len(gone)
+                if changed is not None:
+                    changed.extend(gone)
+        if changed is not None and len(changed) > delta_max:
+            changed = None
         if dry_run:
             result.version = repo.current_version(conn)
             conn.rollback()
