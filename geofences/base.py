@@ -16,7 +16,7 @@ import json
 import os
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -37,6 +37,12 @@ _ARRAYS: Final = (
     "id_hash", "id_off", "id_blob", "name_off", "name_blob", "lat", "lng", "radius",
     "tag_id", "tz_id", "poly", "wkb_off", "wkb_blob", "cell_keys", "cell_starts", "cell_pos",
 )  # fmt: skip
+
+
+CircleCovers = Callable[
+    [NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]],
+    tuple[NDArray[np.int8], NDArray[np.uint64], NDArray[np.int64]],
+]
 
 
 def id_hash(store_id: str) -> int:
@@ -144,9 +150,16 @@ class FenceBase:
     # --- building, saving, mapping ------------------------------------------------------
 
     @classmethod
-    def build(cls, cols: Columns, version: int = 0, token: str | None = None) -> FenceBase:
-        """Index ``cols``: covers computed, rows sorted by store id hash; raises ValueError on
-        a duplicate store id."""
+    def build(
+        cls,
+        cols: Columns,
+        version: int = 0,
+        token: str | None = None,
+        covers: CircleCovers = circle_covers,
+    ) -> FenceBase:
+        """Index ``cols``: covers computed (``covers``: :func:`~geofences.cover.circle_covers`
+        or a function giving the same, e.g. in several processes), rows sorted by store id
+        hash; raises ValueError on a duplicate store id."""
         n = len(cols.store_ids)
         hashes = np.fromiter(map(id_hash, cols.store_ids), dtype=np.uint64, count=n)
         order = np.argsort(hashes, kind="stable")
@@ -175,7 +188,7 @@ class FenceBase:
         wkb = list(shapely.to_wkb(np.array(poly_geoms, dtype=object))) if poly_geoms else []
         wkb_off, wkb_blob = _blob(wkb)
         circle_pos = np.flatnonzero(~is_poly)
-        _, cells, owners = circle_covers(lat[circle_pos], lng[circle_pos], radius[circle_pos])
+        _, cells, owners = covers(lat[circle_pos], lng[circle_pos], radius[circle_pos])
         _, pcells, powners = polygon_covers(poly_geoms)
         all_cells = np.concatenate((cells, pcells))
         all_owners = np.concatenate((circle_pos[owners], poly_pos[powners])).astype(np.int32)

@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -30,11 +31,15 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.pool import NullPool
 
 from geofences.base import FenceBase
+from geofences.cover import circle_covers
 from geofences.index import release_free_heap
 from service.db.models import Geofence
 from service.fences import changelog
@@ -46,6 +51,8 @@ KEEP_OLD = 1
 #: Fewer fences than this are built in the calling thread: a child process costs more to
 #: start (about a second) than such a build, and holds the GIL only briefly.
 CHILD_MIN_FENCES = 20_000
+#: Circles per process below which their covers are not worth a process of their own.
+PARALLEL_MIN = 100_000
 
 
 def root_for(index_dir: Path, url: str) -> Path:
@@ -64,7 +71,31 @@ def _parse(name: str) -> tuple[int, str] | None:
     return int(version), token
 
 
-def build_base(url: str, root: str) -> str:
+def _covers_part(args: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+    return circle_covers(*args)
+
+
+def covers_in_processes(
+    lat: NDArray[np.float64], lng: NDArray[np.float64], radius: NDArray[np.float64]
+) -> tuple[NDArray[np.int8], NDArray[np.uint64], NDArray[np.int64]]:
+    """:func:`circle_covers` split over the machine's CPUs (forked from the build child:
+    an interpreter with no event loop and no threads of its own). Each circle's cover is
+    its own, so the parts put together are the same result."""
+    n = len(lat)
+    parts = min(os.cpu_count() or 1, max(1, n // PARALLEL_MIN))
+    if parts == 1:
+        return circle_covers(lat, lng, radius)
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64).tolist()
+    args = [(lat[a:b], lng[a:b], radius[a:b]) for a, b in itertools.pairwise(bounds)]
+    with multiprocessing.get_context("fork").Pool(parts, initializer=_child_init) as pool:
+        out = pool.map(_covers_part, args)
+    res = np.concatenate([r for r, _, _ in out])
+    cells = np.concatenate([c for _, c, _ in out])
+    owners = np.concatenate([o + a for (_, _, o), a in zip(out, bounds, strict=False)])
+    return res, cells, owners
+
+
+def build_base(url: str, root: str, parallel: bool = False) -> str:
     """Read every fence in one snapshot, build the base, write it into ``root``; returns its
     path. Runs in the child process (or, as a fallback, in a thread of the caller)."""
     engine = create_engine(url, poolclass=NullPool)
@@ -75,7 +106,8 @@ def build_base(url: str, root: str) -> str:
     final = Path(root) / _name(version, token)
     if final.exists():
         return str(final)
-    base = FenceBase.build(cols, version=version, token=token)
+    covers = covers_in_processes if parallel else circle_covers
+    base = FenceBase.build(cols, version=version, token=token, covers=covers)
     del cols
     tmp = Path(root) / f"tmp-{uuid.uuid4().hex}"
     base.save(tmp)
@@ -116,7 +148,7 @@ def new_pool() -> ProcessPoolExecutor:
 def _build_in_child(url: str, root: Path) -> str:
     pool = new_pool()
     try:
-        return pool.submit(build_base, url, str(root)).result()
+        return pool.submit(build_base, url, str(root), True).result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -67,10 +67,21 @@ class IndexHolder:
                 return True
             return await self._follow()
 
-    async def wait_for(self, version: int) -> None:
-        """Return once this replica serves ``version`` or later (an import's own change)."""
-        while self.index is None or self.index.version < version:
-            await self.refresh()
+    async def wait_for(self, version: int, timeout_s: float = 600.0) -> None:
+        """Return once this replica serves ``version`` or later (an import's own change).
+
+        The change is committed already: if following it fails (the database went away
+        just after), this logs and returns, and the poller catches up later."""
+        deadline = time.monotonic() + timeout_s
+        while (self.index is None or self.index.version < version) and (
+            time.monotonic() < deadline
+        ):
+            try:
+                if not await self.refresh():
+                    await asyncio.sleep(0.05)  # not visible to this connection yet
+            except Exception:
+                log.exception("could not follow a committed fence change; the poller will")
+                return
 
     async def close(self) -> None:
         task, self._compaction = self._compaction, None
@@ -123,7 +134,7 @@ class IndexHolder:
             elif isinstance(plan, changelog.NeedsBuild):  # changed again meanwhile
                 min_version, reason = plan.version, plan.reason
                 continue
-            self._swap(index)
+            self._swap(index, full=True)
             log.info(
                 "index loaded",
                 extra={"event": "index_loaded", "version": index.version, "fences": len(index),
@@ -133,12 +144,14 @@ class IndexHolder:
             return
         raise RuntimeError("fence data kept changing under full loads; retrying at next poll")
 
-    def _swap(self, index: FenceIndex) -> None:
+    def _swap(self, index: FenceIndex, full: bool = False) -> None:
         """Serve ``index`` (one assignment on the event loop: pings see old or new)."""
         self.index = index
         self.loaded_at = time.time()
-        # Long-lived objects made for the new view: out of the cyclic GC's sight.
-        gc.freeze()
+        if full:
+            # The long-lived objects of a load, out of the cyclic GC's sight (not after every
+            # delta: whatever cyclic garbage exists at that moment would be kept for good).
+            gc.freeze()
         metrics.served(index.version, len(index), index.overlay_size)
 
     async def _compact(self) -> None:
@@ -166,7 +179,7 @@ class IndexHolder:
                     and current is not None
                     and base.version >= current.version
                 ):
-                    self._swap(base)
+                    self._swap(base, full=True)
         except Exception:
             log.exception("index compaction failed; the overlay stays until the next one")
         finally:

@@ -246,3 +246,21 @@ def test_the_build_child_dies_with_its_parent() -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(child), "the build child outlived its parent"
+
+
+def test_covers_in_processes_equal_the_serial_covers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from geofences.cover import circle_covers
+    from service.fences import builder
+
+    monkeypatch.setattr(builder, "PARALLEL_MIN", 100)
+    monkeypatch.setattr(builder.os, "cpu_count", lambda: 3)
+    rng = np.random.default_rng(5)
+    lat, lng = rng.uniform(-80, 80, 1000), rng.uniform(-180, 180, 1000)
+    radius = rng.choice([10.0, 45.72, 1000.0, 10_000.0], 1000)
+    want = circle_covers(lat, lng, radius)
+    got = builder.covers_in_processes(lat, lng, radius)
+    assert (got[0] == want[0]).all()
+    pairs = lambda r: sorted(zip(r[2].tolist(), r[1].tolist(), strict=True))  # noqa: E731
+    assert pairs(got) == pairs(want)
