@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Literal
 
 import orjson
 from sqlalchemy import Engine
 
+from geofences.model import FenceRecord
 from geofences.parsing import FileError, RowError, iter_fences
 from service.errors import InvalidFile, NotFound
 from service.fences import changelog
@@ -58,13 +61,15 @@ def import_fences(
 ) -> ImportResult:
     """Stream a CSV/GeoJSON upload into the store of record in one transaction.
 
-    The file is read once. On PostgreSQL rows stream into a staging table with COPY and
-    are merged in SQL (:mod:`service.fences.bulk`); on SQLite they are written in batches
-    of ``BATCH`` rows. With ``on_error=abort`` (default)
-    any bad row raises :class:`InvalidFile` listing every bad row (up to ``max_details``)
-    and the transaction is rolled back, so nothing is written; ``on_error=skip`` writes the
-    good rows and reports the bad ones. ``mode=replace`` also deletes the fences absent from
-    the file — but never those whose row was bad, so a typo cannot delete a store.
+    The file is read once. On PostgreSQL a file of more than ``BATCH`` rows streams into a
+    staging table with COPY and is merged in SQL (:mod:`service.fences.bulk`); smaller
+    files, and every file on SQLite, are written in batches of ``BATCH`` rows.
+
+    With ``on_error=abort`` (default) any bad row raises :class:`InvalidFile` listing every
+    bad row (up to ``max_details``) and the transaction is rolled back, so nothing is
+    written; ``on_error=skip`` writes the good rows and reports the bad ones.
+    ``mode=replace`` also deletes the fences absent from the file — but never those whose
+    row was bad, so a typo cannot delete a store.
     ``dry_run`` does everything, reports the counts, and rolls back.
 
     The new version's change log row goes in the same transaction: the changed store ids,
@@ -72,18 +77,27 @@ def import_fences(
     """
     result = ImportResult(mode=mode, dry_run=dry_run)
     n_errors = 0
-    seen: set[str] = set()
-    batch: list[dict[str, Any]] = []
+    seen: set[str] = set()  # the batch path's store ids, for mode=replace
+    bad_ids: list[str] = []
+    batch: list[FenceRecord] = []
     changed: list[str] | None = []
+    staging: Staging | None = None
 
-    def flush() -> None:  # the SQLite path: batches of BATCH rows
+    def error(item: RowError) -> None:
+        nonlocal n_errors
+        n_errors += 1
+        if len(result.errors) < max_details:
+            result.errors.append(item.to_dict())
+
+    def flush() -> None:  # the batch path: BATCH rows at a time
         nonlocal changed
         if not batch or (n_errors and on_error == "abort"):
             batch.clear()
             return
-        known = repo.existing_hashes(conn, [r["store_id"] for r in batch])
+        rows = [repo.record_to_row(r) for r in batch]
+        known = repo.existing_hashes(conn, [r["store_id"] for r in rows])
         write = []
-        for row in batch:
+        for row in rows:
             old = known.get(row["store_id"])
             if old is None:
                 result.created += 1
@@ -100,13 +114,45 @@ def import_fences(
                 changed = None
         batch.clear()
 
-    def error(item: RowError) -> None:
-        nonlocal n_errors
-        n_errors += 1
-        if len(result.errors) < max_details:
-            result.errors.append(item.to_dict())
-
-    def check_errors() -> None:
+    with engine.begin() as conn, contextlib.ExitStack() as copying:
+        repo.lock_version(conn)
+        # PostgreSQL streams a file of more than BATCH rows through a staging table with
+        # COPY; smaller ones (single-store edits) take the batch path, a few statements
+        # cheaper than creating, indexing and merging a staging table.
+        use_copy = conn.dialect.name == "postgresql"
+        add: Callable[[FenceRecord], None] = batch.append
+        keep: Callable[[str], None] = bad_ids.append
+        try:
+            for item in iter_fences(stream, filename):
+                if isinstance(item, RowError):
+                    error(item)
+                    if item.store_id:
+                        keep(item.store_id)
+                        if mode == "replace" and staging is None:
+                            seen.add(item.store_id)
+                    continue
+                if n_errors and on_error == "abort":
+                    continue
+                if mode == "replace" and staging is None:
+                    seen.add(item.record.store_id)
+                add(item.record)
+                if len(batch) >= BATCH:
+                    if use_copy:
+                        staging = Staging(conn)
+                        add, keep = copying.enter_context(staging.writer())
+                        for rec in batch:
+                            add(rec)
+                        for store_id in bad_ids:
+                            keep(store_id)
+                        batch.clear()
+                        seen.clear()
+                    else:
+                        flush()
+            flush()
+            copying.close()  # the staging rows' COPY ends here
+        except FileError as exc:
+            details = [e.to_dict() for e in exc.errors]
+            raise InvalidFile(str(exc), details) from exc
         if n_errors:
             result.skipped = n_errors
         if n_errors and on_error == "abort":
@@ -116,67 +162,23 @@ def import_fences(
                 "(fix them, or import with on_error=skip to write the good rows)",
                 result.errors,
             )
-
-    def check_replace() -> None:
+        if staging is not None:
+            result.created, result.updated, result.unchanged = staging.counts()
+            changed = None
+            if result.created + result.updated <= delta_max:
+                changed = staging.changed_ids()
         if mode == "replace" and result.created + result.updated + result.unchanged == 0:
             raise InvalidFile(
                 "mode=replace with a file of no valid fences would delete every fence; "
                 "nothing was written"
             )
-
-    with engine.begin() as conn:
-        repo.lock_version(conn)
-        if conn.dialect.name == "postgresql":
-            staging = Staging(conn)
-            try:
-                with staging.writer() as (add, keep):
-                    for item in iter_fences(stream, filename):
-                        if isinstance(item, RowError):
-                            error(item)
-                            if item.store_id:
-                                keep(item.store_id)
-                        elif not n_errors or on_error != "abort":
-                            add(item.record)
-            except FileError as exc:
-                details = [e.to_dict() for e in exc.errors]
-                raise InvalidFile(str(exc), details) from exc
-            check_errors()
-            result.created, result.updated, result.unchanged = staging.counts()
-            check_replace()
-            changed = None
-            if result.created + result.updated <= delta_max:
-                changed = staging.changed_ids()
-            if not dry_run:
-                staging.merge(result.created, result.updated)
-            if mode == "replace":
-                gone = staging.delete_missing()
-                result.deleted = len(gone)
-                if changed is not None:
-                    changed.extend(gone)
-        else:
-            try:
-                for item in iter_fences(stream, filename):
-                    if isinstance(item, RowError):
-                        error(item)
-                        if item.store_id and mode == "replace":
-                            seen.add(item.store_id)
-                        continue
-                    if mode == "replace":  # only replace needs every id (the absent ones)
-                        seen.add(item.record.store_id)
-                    batch.append(repo.record_to_row(item.record))
-                    if len(batch) >= BATCH:
-                        flush()
-                flush()
-            except FileError as exc:
-                details = [e.to_dict() for e in exc.errors]
-                raise InvalidFile(str(exc), details) from exc
-            check_errors()
-            check_replace()
-            if mode == "replace":
-                gone = repo.delete_missing(conn, seen)
-                result.deleted = len(gone)
-                if changed is not None:
-                    changed.extend(gone)
+        if staging is not None and not dry_run:
+            staging.merge(result.created, result.updated)
+        if mode == "replace":
+            gone = staging.delete_missing() if staging else repo.delete_missing(conn, seen)
+            result.deleted = len(gone)
+            if changed is not None:
+                changed.extend(gone)
         if changed is not None and len(changed) > delta_max:
             changed = None
         if dry_run:

@@ -264,3 +264,16 @@ def test_covers_in_processes_equal_the_serial_covers(monkeypatch: pytest.MonkeyP
     assert (got[0] == want[0]).all()
     pairs = lambda r: sorted(zip(r[2].tolist(), r[1].tolist(), strict=True))  # noqa: E731
     assert pairs(got) == pairs(want)
+
+
+def test_large_replace_keeps_stores_whose_row_was_bad(replicas: tuple[Api, Api]) -> None:
+    a, b = replicas
+    _import(a, _csv(_grid(1500)))  # more than BATCH rows: the staging (COPY) path
+    body = _csv(_grid(1200)) + b"s1300,Store s1300,95.0,-74.0,45.72,America/New_York\n"
+    out = _import(a, body, mode="replace", on_error="skip")
+    assert (out["unchanged"], out["skipped"], out["deleted"]) == (1200, 1, 299)
+    _until(lambda: _holder(b).version == out["version"])
+    for api in (a, b):
+        index = _holder(api).index
+        assert index is not None and len(index) == 1201
+        assert "s1300" in index and "s1299" not in index and "s1400" not in index
