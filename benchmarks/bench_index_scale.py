@@ -15,8 +15,9 @@ What one run does (everything it creates, it removes at the end):
 4. a one-row upsert through A (a new store): until A answers, then until B matches a ping
    inside the new fence; a delete through A: until B stops matching it;
 5. start-up until ready of a new replica that must build its base, and of one that finds it;
-6. memory of 1, 2 and 4 workers on one host sharing one index directory: RSS, PSS and USS
-   of each worker from ``/proc/<pid>/smaps_rollup``. PSS splits each shared page among the
+6. memory of 1, 2 and 4 workers on one host sharing one index directory, after 10 s of
+   pings spread over the index: RSS, PSS and USS of each worker from
+   ``/proc/<pid>/smaps_rollup``. PSS splits each shared page among the
    processes mapping it, so the PSS of the workers adds up to what they take together
    (each mapped index page counted once); USS is what a worker alone holds;
 7. pings to B at 50 % of its measured maximum (open loop, latency from the scheduled send
@@ -273,23 +274,8 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack, workdir: Path) ->
         f"  start-up: building {res['startup_build_s']:.1f} s, mapping {res['startup_mapped_s']:.1f} s"
     )
 
-    # memory with 1, 2, 4 workers on one host
-    res["memory"] = {}
-    for n in (1, 2, 4):
-        r = replica(f"mem{n}", workers=n, index_dir="idx-mem")
-        r.ready(300)
-        time.sleep(2.0)
-        rows = [smaps(p) for p in workers_of(r.srv.proc.pid, n)]
-        res["memory"][n] = {
-            "workers": rows,
-            "pss_total": sum(x["pss"] for x in rows),
-            "rss_total": sum(x["rss"] for x in rows),
-        }
-        log(f"  {n} worker(s): PSS total {res['memory'][n]['pss_total']:.0f} MB, per worker "
-            + ", ".join(f"RSS {x['rss']:.0f}/PSS {x['pss']:.0f}/USS {x['uss']:.0f}" for x in rows))  # fmt: skip
-        r.stop()
-
-    # p99 of pings to B at 50 % of its maximum, without and with 1,000 single-fence changes
+    # memory with 1, 2, 4 workers on one host, after pings spread over the whole index
+    # (a mapped page counts once it has been read)
     pts = [(float(stores[i, 0]), float(stores[i, 1])) for i in range(0, len(stores), 97)]
     run_id = random.getrandbits(32)
     counter = [0]
@@ -303,6 +289,23 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack, workdir: Path) ->
             f'"ping_id":"{run_id}-{counter[0]}"}}'
         ).encode()
 
+    res["memory"] = {}
+    for n in (1, 2, 4):
+        r = replica(f"mem{n}", workers=n, index_dir="idx-mem")
+        r.ready(300)
+        run_open_loop(r.port, sdk, body, 500.0, 10.0, 32)
+        time.sleep(1.0)
+        rows = [smaps(p) for p in workers_of(r.srv.proc.pid, n)]
+        res["memory"][n] = {
+            "workers": rows,
+            "pss_total": sum(x["pss"] for x in rows),
+            "rss_total": sum(x["rss"] for x in rows),
+        }
+        log(f"  {n} worker(s): PSS total {res['memory'][n]['pss_total']:.0f} MB, per worker "
+            + ", ".join(f"RSS {x['rss']:.0f}/PSS {x['pss']:.0f}/USS {x['uss']:.0f}" for x in rows))  # fmt: skip
+        r.stop()
+
+    # p99 of pings to B at 50 % of its maximum, without and with 1,000 single-fence changes
     peak = run_open_loop(b.port, sdk, body, args.max_rate, 6.0, 64)
     rate = 0.5 * peak["achieved_rps"]
     res["max_rps"] = peak["achieved_rps"]

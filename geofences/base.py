@@ -231,11 +231,10 @@ class FenceBase:
         meta = json.loads((path / "meta.json").read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path}: unknown index format {meta.get('format')!r}")
-        arrays = {}
-        for name in _ARRAYS:
-            arr = np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-            # np.memmap cannot map an empty file: small arrays are read instead.
-            arrays[name] = arr if isinstance(arr, np.ndarray) else np.asarray(arr)
+        arrays = {
+            name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            for name in _ARRAYS
+        }
         base = cls(arrays, meta)
         base.path = path
         return base
