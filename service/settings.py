@@ -65,13 +65,13 @@ class Settings(BaseSettings):
         "version, mapped read-only); unset = data_dir/index.",
     )
     index_delta_max: int = Field(
-        default=20_000,
+        default=10_000,
         gt=0,
         description="A change of more fences than this is logged as 'rebuild': replicas "
         "build a new index base instead of applying it as a delta.",
     )
     index_compact_at: int = Field(
-        default=50_000,
+        default=20_000,
         gt=0,
         description="Fences changed since a worker's index base beyond which a new base is "
         "built in the background.",

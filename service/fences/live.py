@@ -42,8 +42,8 @@ class IndexHolder:
         engine: Engine,
         index_dir: Path,
         *,
-        delta_max: int = 20_000,
-        compact_at: int = 50_000,
+        delta_max: int = 10_000,
+        compact_at: int = 20_000,
         in_child: bool = True,
     ) -> None:
         self._engine = engine

@@ -56,7 +56,7 @@ def import_fences(
     dry_run: bool = False,
     on_error: OnError = "abort",
     max_details: int = 1000,
-    delta_max: int = 20_000,
+    delta_max: int = 10_000,
     log_keep_s: float = 86_400.0,
 ) -> ImportResult:
     """Stream a CSV/GeoJSON upload into the store of record in one transaction.
