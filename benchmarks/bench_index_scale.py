@@ -10,8 +10,9 @@ What one run does (everything it creates, it removes at the end):
    a CSV of N circle stores on land around 300 cities (radii 45.72 m / 100 m / 1 km);
 2. replicas A and B (``geo-offers serve``, one worker each, each with its own index
    directory: two hosts), started on the empty database;
-3. the bulk import of the CSV through A (until A answers: A serves it by then), and until B
-   serves it too;
+3. the bulk import of the CSV through A (until A answers: A serves it by then; B is
+   stopped meanwhile, as if on another host, so its own base build does not take A's CPUs),
+   and until B serves it too once resumed;
 4. a one-row upsert through A (a new store): until A answers, then until B matches a ping
    inside the new fence; a delete through A: until B stops matching it;
 5. start-up until ready of a new replica that must build its base, and of one that finds it;
@@ -41,6 +42,7 @@ import math
 import multiprocessing
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -245,9 +247,15 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack, workdir: Path) ->
     b.ready(120)
     client = stack.enter_context(httpx.Client(timeout=60))
     log("bulk import through A")
-    t0 = time.perf_counter()
-    out = import_rows(client, a.url, admin, csv.read_bytes())
-    res["bulk_import_s"] = time.perf_counter() - t0
+    # B is stopped meanwhile: on another host its base build would not take A's CPUs, as
+    # it does on one 2-vCPU machine. Resumed once A answers, B catches up by itself.
+    os.killpg(b.srv.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.perf_counter()
+        out = import_rows(client, a.url, admin, csv.read_bytes())
+        res["bulk_import_s"] = time.perf_counter() - t0
+    finally:
+        os.killpg(b.srv.proc.pid, signal.SIGCONT)
     version = out["version"]
     res["bulk_b_serves_after_s"] = wait(lambda: b.version() >= version, 300, 0.2)
     log(f"  {res['bulk_import_s']:.1f} s; B serves it {res['bulk_b_serves_after_s']:.1f} s later")
@@ -354,7 +362,7 @@ def render(r: dict[str, Any]) -> str:
         "| measure | value | target |",
         "|---|---|---|",
         f"| bulk import of {r['fences']:,} rows, until A answers | {r['bulk_import_s']:.1f} s | ≤ 60 s |",
-        f"| … until replica B serves them | +{r['bulk_b_serves_after_s']:.1f} s | |",
+        f"| … until replica B (resumed then) serves them | +{r['bulk_b_serves_after_s']:.1f} s | |",
         f"| one-row upsert, until A answers | {r['upsert_answer_s'] * 1000:.0f} ms | ≤ 1 s |",
         f"| … until B matches a ping inside it | +{r['upsert_b_matches_after_s']:.2f} s | ≤ 5 s |",
         f"| a delete, until A answers | {r['delete_answer_s'] * 1000:.0f} ms | |",
