@@ -115,6 +115,18 @@ def test_deltas_reach_both_replicas(replicas: tuple[Api, Api]) -> None:
     # replica b applied deltas on the base it started with: no full load
     assert _holder(b).index.base is base_b  # type: ignore[union-attr]
     assert len(_holder(b).index) == len(_holder(a).index) == 300  # type: ignore[arg-type]
+    page = b.client.get("/metrics").text
+    for line in (
+        f"geo_offers_fence_index_served_version {float(version)}",  # type: ignore[arg-type]
+        "geo_offers_fence_index_live_fences 300.0",
+    ):
+        assert line in page, line
+    applied = [
+        ln for ln in page.splitlines() if ln.startswith("geo_offers_fence_deltas_applied_total")
+    ]
+    assert applied and float(applied[0].split()[-1]) >= 4
+    assert "geo_offers_fence_delta_lag_seconds_bucket" in page
+    assert 'geo_offers_fence_index_full_loads_total{reason="startup",source="built"}' in page
 
 
 def test_gap_in_the_log_means_a_full_load(replicas: tuple[Api, Api], postgis_url: str) -> None:
