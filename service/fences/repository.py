@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,46 +208,3 @@ def list_page(
             hits.append((row, d))
     hits.sort(key=lambda h: (h[1], h[0].store_id))
     return hits[:limit]
-
-
-class Shared:
-    """One object per distinct value: a million records repeat a few dozen time zones, tag
-    sets and radii, and each repeat would otherwise be its own string, tuple or float (the
-    records of 100 k bench fences took 327 bytes each without this, 294 with it:
-    tracemalloc, strings and the list included).
-
-    >>> share = Shared()
-    >>> a, b = share(("x", "y")), share(("x", "y"))
-    >>> a is b
-    True
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[Any, Any] = {}
-
-    def __call__(self, value: Any) -> Any:
-        return self._seen.setdefault(value, value)
-
-    def tags(self, tags: Sequence[str] | None) -> tuple[str, ...]:
-        return self(tuple(sys.intern(t) for t in tags or ()))  # type: ignore[no-any-return]
-
-
-def iter_records(conn: Connection, chunk: int = 5000) -> Iterator[FenceRecord]:
-    """Every fence, streamed, with just what matching and decisions need."""
-    stmt = select(
-        T.c.store_id, T.c.name, T.c.lat, T.c.lng, T.c.radius_m, T.c.geometry_json, T.c.tags,
-        T.c.timezone,
-    )  # fmt: skip
-    result = conn.execute(stmt.execution_options(yield_per=chunk))
-    share = Shared()
-    for r in result:
-        yield FenceRecord(
-            store_id=r.store_id,
-            name=r.name,
-            lat=r.lat,
-            lng=r.lng,
-            radius_m=share(r.radius_m),
-            geometry=orjson.loads(r.geometry_json) if r.geometry_json else None,
-            tags=share.tags(r.tags),
-            timezone=sys.intern(r.timezone),
-        )

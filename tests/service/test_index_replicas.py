@@ -289,3 +289,30 @@ def test_large_replace_keeps_stores_whose_row_was_bad(replicas: tuple[Api, Api])
         index = _holder(api).index
         assert index is not None and len(index) == 1201
         assert "s1300" in index and "s1299" not in index and "s1400" not in index
+
+
+def test_a_large_overlay_is_compacted_into_a_new_base(engine: Engine, tmp_path: Path) -> None:
+    import_fences(engine, io.BytesIO(_csv(_grid(40))), "s.csv")
+
+    async def run() -> IndexHolder:
+        holder = IndexHolder(engine, tmp_path / "idx", compact_at=5)
+        await holder.refresh()
+        first = holder.index.base  # type: ignore[union-attr]
+        for i in range(3):  # 3 deltas of 3 moved stores: past compact_at after the second
+            rows = [(f"s{3 * i + j}", 41.0 + i * 0.01, -74.0 + j * 0.01, 45.72) for j in range(3)]
+            await asyncio.to_thread(import_fences, engine, io.BytesIO(_csv(rows)), "c.csv")
+            await holder.refresh()
+        task = holder._compaction
+        if task is not None:
+            await task
+        await holder.refresh()
+        assert holder.index.base is not first  # type: ignore[union-attr]
+        return holder
+
+    holder = asyncio.run(run())
+    index = holder.index
+    # the new base holds at least the first two deltas; what came after is overlay
+    assert index is not None and index.base.version >= 3 and len(index) == 40
+    assert index.overlay_size <= 6 and holder.store.builds == 2
+    assert [m.fence.store_id for m in index.match(41.02, -73.99)] == ["s7"]
+    assert index.match(40.70, -74.0) == []  # s0 moved away
