@@ -134,7 +134,7 @@ def bench(n: int, seed: int, trace: bool) -> dict[str, Any]:
         "rss_mb": rss_delta / 1e6,
         "peak_mb": peak / 1e6,
         "kept_mb": current / 1e6,
-        "approx_mb": stats["approx_bytes"] / 1e6,
+        "approx_mb": stats.get("approx_bytes", stats.get("base_bytes", 0)) / 1e6,
         "entries_per_fence": stats["entries"] / n,
         "res": ",".join(map(str, stats["resolutions"])),
         "us_ping": us_ping,

@@ -35,26 +35,7 @@ def default_exit_margin_m(radius_m: float) -> float:
     return max(MIN_EXIT_MARGIN_M, EXIT_MARGIN_SHARE * radius_m)
 
 
-class _FromRecord:
-    """What both fence kinds read from their record (kept there, not copied, to save memory)."""
-
-    __slots__ = ()
-    record: FenceRecord
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @property
-    def tags(self) -> tuple[str, ...]:
-        return self.record.tags
-
-    @property
-    def timezone(self) -> str:
-        return self.record.timezone
-
-
-class CircleFence(_FromRecord):
+class CircleFence:
     """A store point with a radius; inside means within ``radius_m`` on PostGIS's sphere.
 
     Examples
@@ -64,14 +45,16 @@ class CircleFence(_FromRecord):
     (True, False)
     """
 
-    __slots__ = ("lat", "lng", "radius_m", "record", "store_id")
+    __slots__ = ("lat", "lng", "name", "radius_m", "store_id", "tags", "timezone")
     kind: Final = "circle"
 
     def __init__(self, record: FenceRecord) -> None:
         if record.radius_m is None:
             raise ValueError(f"circle fence {record.store_id!r} has no radius")
-        self.record = record
         self.store_id = record.store_id
+        self.name = record.name
+        self.tags = record.tags
+        self.timezone = record.timezone
         self.lat = record.lat
         self.lng = record.lng
         self.radius_m: float = record.radius_m
@@ -103,7 +86,7 @@ class CircleFence(_FromRecord):
         return f"CircleFence({self.store_id!r}, {self.lat}, {self.lng}, r={self.radius_m})"
 
 
-class PolygonFence(_FromRecord):
+class PolygonFence:
     """A Polygon/MultiPolygon drawn in the lng/lat plane; inside means covered (edge included).
 
     Examples
@@ -114,19 +97,26 @@ class PolygonFence(_FromRecord):
     (True, True, False)
     """
 
-    __slots__ = ("_equivalent_radius_m", "geom", "lat", "lng", "record", "store_id")
+    __slots__ = (
+        "_equivalent_radius_m", "geom", "lat", "lng", "name", "store_id", "tags", "timezone",
+    )  # fmt: skip
     kind: Final = "polygon"
     radius_m: Final = None
 
-    def __init__(self, record: FenceRecord) -> None:
-        if record.geometry is None:
-            raise ValueError(f"polygon fence {record.store_id!r} has no geometry")
-        self.record = record
+    def __init__(self, record: FenceRecord, geom: BaseGeometry | None = None) -> None:
+        """``geom``: the record's polygon as a shapely geometry, when the caller has it (the
+        index keeps polygons as WKB); else it is made from ``record.geometry``."""
+        if geom is None:
+            if record.geometry is None:
+                raise ValueError(f"polygon fence {record.store_id!r} has no geometry")
+            # GeoJSON positions are [lng, lat], so shapely's x is lng and y is lat.
+            geom = shape(record.geometry)
         self.store_id = record.store_id
+        self.name = record.name
+        self.tags = record.tags
+        self.timezone = record.timezone
         self.lat = record.lat
         self.lng = record.lng
-        # GeoJSON positions are [lng, lat], so shapely's x is lng and y is lat.
-        geom: BaseGeometry = shape(record.geometry)
         shapely.prepare(geom)
         self.geom = geom
         self._equivalent_radius_m: float | None = None

@@ -1,28 +1,30 @@
 """In-memory fence index: H3 cells narrow the candidates, the exact fences decide.
 
-One table over all resolutions in use, stored as CSR arrays: sorted unique cell ids, row
-starts, and fence positions (int32). Cells are found by bisecting the sorted array('Q')
-(about 1.5 us, 8 bytes a cell). A dict was 0.84 us faster per match at 100 k fences (9.31 vs
-10.15 us), but costs ~100 bytes a cell and building it held the GIL for tens of milliseconds
-at a time, a stall for pings while a rebuilt index is assembled (service/fences/builder.py).
+An index is an immutable view: a columnar :class:`~geofences.base.FenceBase` (possibly a
+file mapped read-only and shared by processes) plus a small overlay of the fences changed
+since that base was built. :meth:`FenceIndex.with_changes` returns a new view and leaves
+the old one untouched, so a reader holding a view sees it whole, before or after a change.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
-from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
+import h3.api.basic_int as h3
 import numpy as np
 from numpy.typing import NDArray
 
+from geofences.base import Columns, FenceBase
 from geofences.cover import _latlng_to_cell, circle_covers, polygon_covers
 from geofences.fences import CircleFence, Fence, PolygonFence, fence_from_record
 from geofences.model import FenceRecord
+from geofences.sphere import sphere_distance_m
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +35,54 @@ class Match:
     distance_m: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Overlay:
+    """Fences changed since the base: never mutated once made (views share them)."""
+
+    fences: dict[str, Fence] = field(default_factory=dict)  # upserted, by store id
+    cells_of: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    cells: dict[int, tuple[Fence, ...]] = field(default_factory=dict)
+    dead: frozenset[int] = frozenset()  # base rows deleted or replaced
+
+    @property
+    def resolutions(self) -> set[int]:
+        return {h3.get_resolution(c[0]) for c in self.cells_of.values() if c}
+
+
+_EMPTY: Final = _Overlay()
+
+
+@dataclass(frozen=True, slots=True)
+class FenceColumns:
+    """Every live fence of a view as columns (``radius_m`` NaN for polygons); ``store_id(i)``
+    and ``fence(i)`` give row ``i``'s id and fence."""
+
+    lat: NDArray[np.float64]
+    lng: NDArray[np.float64]
+    radius_m: NDArray[np.float64]
+    _base: FenceBase
+    _rows: NDArray[np.int64]
+    _extra: list[Fence]
+
+    def __len__(self) -> int:
+        return len(self.lat)
+
+    def fence(self, i: int) -> Fence:
+        n = len(self._rows)
+        return self._base.fence(int(self._rows[i])) if i < n else self._extra[i - n]
+
+    def store_id(self, i: int) -> str:
+        n = len(self._rows)
+        return self._base.store_id(int(self._rows[i])) if i < n else self._extra[i - n].store_id
+
+
 class FenceIndex:
     """Fences by H3 cell: ``match(lat, lng)`` returns every fence that covers the point.
+
+    ``get(store_id)``, ``store_id in index``, ``len(index)`` and ``index.version`` read the
+    same view. ``columns()`` gives every live fence as numpy columns (``lat``, ``lng``,
+    ``radius_m`` with NaN for polygons) plus ``store_id(i)`` / ``fence(i)`` for row ``i``:
+    the cheap way to draw or export them all (iterating makes a fence object per fence).
 
     Examples
     --------
@@ -43,193 +91,236 @@ class FenceIndex:
     [('s1', 33.4)]
     >>> idx.match(40.001, -74.0)
     []
+    >>> moved = idx.with_changes([FenceRecord("s1", "Store", 40.001, -74.0, radius_m=45.72)],
+    ...                          [], version=1)
+    >>> len(moved.match(40.001, -74.0)), len(idx.match(40.001, -74.0)), moved.version
+    (1, 0, 1)
+    >>> cols = moved.columns(); cols.store_id(0), float(cols.lat[0])
+    ('s1', 40.001)
     """
 
-    __slots__ = (
-        "_by_id",
-        "_fences",
-        "_keys",
-        "_positions",
-        "_starts",
-        "entries",
-        "resolutions",
-        "version",
-    )
+    __slots__ = ("_base", "_base_res", "_ov", "_plan", "version")
 
-    def __init__(
-        self,
-        fences: list[Fence],
-        by_id: dict[str, Fence],
-        cells: NDArray[np.uint64],
-        owners: NDArray[np.int32],
-        version: int,
-    ) -> None:
-        self.version = version
-        self._fences = fences
-        self._by_id = by_id
-        n_entries = len(cells)
-        order = np.argsort(cells)
-        sorted_cells = cells[order]
-        del cells  # drop references early: each of these arrays is 8 bytes an entry
-        self._positions = _to_array("i", owners[order])
-        del order, owners
-        # Unique by hand: the cells are sorted already (np.unique would sort a copy again).
-        first_mask = np.ones(len(sorted_cells), dtype=bool)
-        first_mask[1:] = sorted_cells[1:] != sorted_cells[:-1]
-        keys = sorted_cells[first_mask]
-        del sorted_cells
-        starts = np.append(np.flatnonzero(first_mask), n_entries)
-        del first_mask
-        # array('Q') rather than numpy: bisect on it yields plain ints, ~5x faster per ping
-        # than numpy's scalar searchsorted, at the same 8 bytes a cell.
-        self._keys = _to_array("Q", keys)
-        self._starts = _to_array("i", starts.astype(np.int32))
-        self.entries = n_entries
-        res = (keys >> np.uint64(52)) & np.uint64(0xF)  # H3 bits 52-55 hold the resolution
-        self.resolutions: tuple[int, ...] = tuple(int(r) for r in np.unique(res))
+    def __init__(self, base: FenceBase, overlay: _Overlay = _EMPTY, version: int | None = None):
+        self._base = base
+        self._ov = overlay
+        self.version: int = base.version if version is None else version
+        self._base_res = frozenset(base.resolutions)
+        res = sorted(self._base_res | overlay.resolutions)
+        # (resolution, look in the base, look in the overlay) per resolution in use.
+        ov_res = overlay.resolutions
+        self._plan = tuple((r, r in self._base_res, r in ov_res) for r in res)
+
+    # --- construction -------------------------------------------------------------------
 
     @classmethod
     def build(cls, records: Iterable[FenceRecord], version: int = 0) -> FenceIndex:
-        """Index ``records``; raises ValueError on a duplicate ``store_id``."""
-        fences: list[Fence] = []
-        # store_id -> fence itself: an int position per fence would cost 32 bytes more each.
-        by_id: dict[str, Fence] = {}
-        circle_pos: list[int] = []
-        poly_pos: list[int] = []
-        for rec in records:
-            if rec.store_id in by_id:
-                raise ValueError(f"duplicate store_id {rec.store_id!r}")
-            fence = fence_from_record(rec)
-            (circle_pos if isinstance(fence, CircleFence) else poly_pos).append(len(fences))
-            by_id[rec.store_id] = fence
-            fences.append(fence)
-
-        circles = [fences[i] for i in circle_pos]
-        n_c = len(circles)
-        lats = np.fromiter((f.lat for f in circles), dtype=np.float64, count=n_c)
-        lngs = np.fromiter((f.lng for f in circles), dtype=np.float64, count=n_c)
-        radii = np.fromiter((f.radius_m for f in circles), dtype=np.float64, count=n_c)
-        del circles
-        _, cells, owners = circle_covers(lats, lngs, radii)
-        del lats, lngs, radii
-        cell_parts = [cells]
-        owner_parts = [np.array(circle_pos, dtype=np.int32)[owners]]
-        del cells, owners
-        geoms = [fences[i].geom for i in poly_pos]  # type: ignore[union-attr]
-        _, pcells, powners = polygon_covers(geoms)
-        cell_parts.append(pcells)
-        owner_parts.append(np.array(poly_pos, dtype=np.int32)[powners])
-        del geoms, pcells, powners
-        all_cells = np.concatenate(cell_parts)
-        del cell_parts
-        all_owners = np.concatenate(owner_parts)
-        del owner_parts
-        index = cls(fences, by_id, all_cells, all_owners, version)
-        del all_cells, all_owners
+        """Index ``records`` in memory; raises ValueError on a duplicate ``store_id``."""
+        base = FenceBase.build(Columns.from_records(list(records)), version=version)
         release_free_heap()
-        return index
-
-    def entries_arrays(self) -> tuple[NDArray[np.uint64], NDArray[np.int32]]:
-        """The cell and fence position of every entry: with the records in build order, all
-        :meth:`from_entries` needs to make this index again (in another process, say)
-        without computing a cover."""
-        keys = np.frombuffer(self._keys, dtype=np.uint64)
-        starts = np.frombuffer(self._starts, dtype=np.int32)
-        cells = np.repeat(keys, np.diff(starts))
-        return cells, np.frombuffer(self._positions, dtype=np.int32).copy()
+        return cls(base)
 
     @classmethod
-    def from_entries(
-        cls,
-        records: Iterable[FenceRecord],
-        cells: NDArray[np.uint64],
-        owners: NDArray[np.int32],
-        version: int = 0,
+    def open(cls, path: Path) -> FenceIndex:
+        """The index of a base saved with :meth:`FenceBase.save` (mapped, shared)."""
+        return cls(FenceBase.open(path))
+
+    @property
+    def base(self) -> FenceBase:
+        return self._base
+
+    @property
+    def entries(self) -> int:
+        """(cell, fence) pairs in the table."""
+        return self._base.entries + sum(len(c) for c in self._ov.cells_of.values())
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """H3 resolutions in use, coarse to fine."""
+        return tuple(r for r, _, _ in self._plan)
+
+    @property
+    def overlay_size(self) -> int:
+        """Fences changed since the base was built (upserted ones plus deleted base rows)."""
+        return len(self._ov.fences) + len(self._ov.dead)
+
+    def with_changes(
+        self, upserts: Sequence[FenceRecord], deletes: Iterable[str], version: int
     ) -> FenceIndex:
-        """The index of ``records`` from the entries :meth:`entries_arrays` gave for them."""
-        fences: list[Fence] = []
-        by_id: dict[str, Fence] = {}
-        for rec in records:
-            if rec.store_id in by_id:
-                raise ValueError(f"duplicate store_id {rec.store_id!r}")
-            fence = fence_from_record(rec)
-            by_id[rec.store_id] = fence
-            fences.append(fence)
-        if len(owners) and int(owners.max()) >= len(fences):
-            raise ValueError("entries refer to more fences than were given")
-        return cls(fences, by_id, cells, owners, version)
+        """A new view: ``upserts`` added or replaced, ``deletes`` removed (absent ids are
+        ignored). Covers and fence objects are made here; ``self`` is not changed."""
+        ov = self._ov
+        fences = dict(ov.fences)
+        cells_of = dict(ov.cells_of)
+        cells = dict(ov.cells)
+        dead = set(ov.dead)
+        base = self._base
 
-    def candidates(self, lat: float, lng: float) -> list[Fence]:
-        """Fences registered in the ping's cells (a superset of the matches)."""
-        fences, starts, positions = self._fences, self._starts, self._positions
-        return [
-            fences[p]
-            for row in self._rows(lat, lng)
-            for p in positions[starts[row] : starts[row + 1]]
-        ]
+        def drop(store_id: str) -> None:
+            old = fences.pop(store_id, None)
+            if old is not None:
+                for c in cells_of.pop(store_id, ()):
+                    rest = tuple(f for f in cells[c] if f is not old)
+                    if rest:
+                        cells[c] = rest
+                    else:
+                        del cells[c]
+            p = base.position(store_id)
+            if p >= 0:
+                dead.add(p)
 
-    def _rows(self, lat: float, lng: float) -> list[int]:
-        """Table rows of the ping's cell at each resolution in use (cells with no fence skipped)."""
-        # The cell of a finer resolution's parent is not always the cell of the point at the
-        # coarser one, so ask H3 at every resolution.
-        keys = self._keys
-        n = len(keys)
-        found = []
-        for res in self.resolutions:
-            cell = _latlng_to_cell(lat, lng, res)
-            row = bisect_left(keys, cell)
-            if row < n and keys[row] == cell:
-                found.append(row)
-        return found
+        for store_id in deletes:
+            drop(store_id)
+        new = [fence_from_record(r) for r in upserts]
+        for fence in new:
+            drop(fence.store_id)
+        for fence, fence_cells in zip(new, _covers(new), strict=True):
+            fences[fence.store_id] = fence
+            cells_of[fence.store_id] = fence_cells
+            for c in fence_cells:
+                cells[c] = (*cells.get(c, ()), fence)
+        return FenceIndex(base, _Overlay(fences, cells_of, cells, frozenset(dead)), version)
+
+    # --- reads (the hot path) -----------------------------------------------------------
 
     def match(self, lat: float, lng: float) -> list[Match]:
         """Fences covering the point, nearest store first (ties by store_id)."""
-        fences, starts, positions = self._fences, self._starts, self._positions
+        base = self._base
+        keys, starts, positions = base.keys, base.starts, base.positions
+        radius, flat, flng = base.radius, base.lat, base.lng
+        dead = self._ov.dead
+        ov_cells = self._ov.cells
         out: list[Match] = []
-        for row in self._rows(lat, lng):
-            for p in positions[starts[row] : starts[row + 1]]:
-                fence = fences[p]
-                d = fence.match_distance_m(lat, lng)  # H3 narrowed; the exact geometry decides
-                if d is not None:
-                    out.append(Match(fence, d))
+        for res, in_base, in_ov in self._plan:
+            cell = _latlng_to_cell(lat, lng, res)
+            if in_base:
+                row = bisect_left(keys, cell)
+                if row < len(keys) and keys[row] == cell:
+                    for p in positions[starts[row] : starts[row + 1]]:
+                        if dead and p in dead:
+                            continue
+                        r = radius[p]
+                        if r == r:  # a circle, tested on the columns: no object unless inside
+                            # Centre first, ping second: the order sphere.py matches PostGIS in.
+                            d = sphere_distance_m(flat[p], flng[p], lat, lng)
+                            if d <= r:
+                                out.append(Match(base.fence(p), d))
+                        else:
+                            fence = base.fence(p)
+                            dp = fence.match_distance_m(lat, lng)
+                            if dp is not None:
+                                out.append(Match(fence, dp))
+            if in_ov:
+                for fence in ov_cells.get(cell, ()):
+                    dp = fence.match_distance_m(lat, lng)  # H3 narrowed; geometry decides
+                    if dp is not None:
+                        out.append(Match(fence, dp))
         if len(out) > 1:
             out.sort(key=_match_order)
         return out
 
+    def candidates(self, lat: float, lng: float) -> list[Fence]:
+        """Fences registered in the ping's cells (a superset of the matches)."""
+        base = self._base
+        out: list[Fence] = []
+        for res, in_base, in_ov in self._plan:
+            cell = _latlng_to_cell(lat, lng, res)
+            if in_base:
+                row = bisect_left(base.keys, cell)
+                if row < len(base.keys) and base.keys[row] == cell:
+                    rows = base.positions[base.starts[row] : base.starts[row + 1]]
+                    out += [base.fence(p) for p in rows if p not in self._ov.dead]
+            if in_ov:
+                out += self._ov.cells.get(cell, ())
+        return out
+
     def get(self, store_id: str) -> Fence | None:
         """The fence of ``store_id``, or None."""
-        return self._by_id.get(store_id)
+        fence = self._ov.fences.get(store_id)
+        if fence is not None:
+            return fence
+        p = self._base.position(store_id)
+        if p < 0 or p in self._ov.dead:
+            return None
+        return self._base.fence(p)
 
     def __len__(self) -> int:
-        return len(self._fences)
+        return self._base.n - len(self._ov.dead) + len(self._ov.fences)
 
     def __contains__(self, store_id: object) -> bool:
-        return store_id in self._by_id
+        return isinstance(store_id, str) and self.get(store_id) is not None
 
     def __iter__(self) -> Iterator[Fence]:
-        return iter(self._fences)
+        """Every fence (one object each: use :meth:`columns` for bulk reads)."""
+        dead = self._ov.dead
+        for p in range(self._base.n):
+            if p not in dead:
+                yield self._base.fence(p)
+        yield from self._ov.fences.values()
+
+    def columns(self) -> FenceColumns:
+        """Every live fence as columns (see the class docstring)."""
+        base = self._base
+        live = np.ones(base.n, dtype=bool)
+        if self._ov.dead:
+            live[np.fromiter(self._ov.dead, dtype=np.int64)] = False
+        rows = np.flatnonzero(live)
+        extra = list(self._ov.fences.values())
+        nan = float("nan")
+        return FenceColumns(
+            lat=np.concatenate((base.arrays["lat"][rows], [f.lat for f in extra])),
+            lng=np.concatenate((base.arrays["lng"][rows], [f.lng for f in extra])),
+            radius_m=np.concatenate(
+                (base.arrays["radius"][rows], [f.radius_m or nan for f in extra])
+            ),
+            _base=base,
+            _rows=rows,
+            _extra=extra,
+        )
 
     def stats(self) -> dict[str, Any]:
-        """Sizes for logs and benchmarks; ``approx_bytes`` counts the index's own structures
-        (cell table, fence objects and id map), not the shared FenceRecords."""
-        polygons = sum(1 for f in self._fences if isinstance(f, PolygonFence))
-        table = (
-            self._keys.itemsize * len(self._keys)
-            + self._starts.itemsize * len(self._starts)
-            + self._positions.itemsize * len(self._positions)
-        )
-        fence_objs = sum(sys.getsizeof(f) for f in self._fences[:1000])
-        fence_objs = fence_objs * len(self._fences) // max(1, min(1000, len(self._fences)))
-        by_id = sys.getsizeof(self._by_id) + sys.getsizeof(self._fences)
+        """Sizes for logs and benchmarks."""
+        b = self._base.stats()
+        ov_polys = sum(1 for f in self._ov.fences.values() if isinstance(f, PolygonFence))
+        dead_polys = sum(1 for p in self._ov.dead if self._base.radius[p] != self._base.radius[p])
+        polygons = b["polygons"] - dead_polys + ov_polys
         return {
-            "fences": len(self._fences),
-            "circles": len(self._fences) - polygons,
+            "fences": len(self),
+            "circles": len(self) - polygons,
             "polygons": polygons,
             "entries": self.entries,
-            "cells": len(self._keys),
+            "cells": b["cells"],
             "resolutions": list(self.resolutions),
-            "approx_bytes": table + fence_objs + by_id,
+            "base_bytes": b["bytes"],
+            "overlay": self.overlay_size,
         }
+
+
+#: Fences whose covers are computed in one call when a delta is applied: the H3 calls of
+#: one call hold the GIL throughout (no bytecode runs between them), so a large delta is
+#: cut up to let the event loop's pings in between (one call of 20 k circles held it for
+#: ~70 ms, measured as event-loop lag).
+COVER_SLICE: Final = 500
+
+
+def _covers(fences: list[Fence]) -> list[tuple[int, ...]]:
+    """Each fence's cover cells (the bulk cover functions, ``COVER_SLICE`` fences a call)."""
+    out: list[list[int]] = [[] for _ in fences]
+    circles = [i for i, f in enumerate(fences) if isinstance(f, CircleFence)]
+    polys = [i for i, f in enumerate(fences) if isinstance(f, PolygonFence)]
+    for k in range(0, len(circles), COVER_SLICE):
+        part = circles[k : k + COVER_SLICE]
+        arr = np.array([(fences[i].lat, fences[i].lng, fences[i].radius_m) for i in part])
+        _, cells, owners = circle_covers(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy())
+        for c, o in zip(cells.tolist(), owners.tolist(), strict=True):
+            out[part[o]].append(c)
+    for k in range(0, len(polys), COVER_SLICE):
+        part = polys[k : k + COVER_SLICE]
+        geoms = [fences[i].geom for i in part]  # type: ignore[union-attr]
+        _, cells, owners = polygon_covers(geoms)
+        for c, o in zip(cells.tolist(), owners.tolist(), strict=True):
+            out[part[o]].append(c)
+    return [tuple(sorted(set(c))) for c in out]
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:
@@ -249,8 +340,7 @@ def release_free_heap() -> None:
     """Give the C heap's free pages back to the OS (glibc's ``malloc_trim``; else a no-op).
 
     A build frees far more temporary memory than the index keeps (cover candidates, sort
-    buffers); glibc keeps most of it in the process (freed blocks below its raised mmap
-    threshold stay in the heap), which showed as ~190 MB of extra RSS at a million fences.
+    buffers); glibc keeps most of it in the process otherwise.
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
@@ -258,10 +348,3 @@ def release_free_heap() -> None:
 
 def _match_order(m: Match) -> tuple[float, str]:
     return (m.distance_m, m.fence.store_id)
-
-
-def _to_array(typecode: str, values: NDArray[Any]) -> array[Any]:
-    """Copy a contiguous numpy array into an ``array.array`` without a bytes detour."""
-    out: array[Any] = array(typecode)
-    out.frombytes(np.ascontiguousarray(values).data.cast("B"))
-    return out

@@ -23,9 +23,8 @@ from service.caps.memory import MemoryCapStore
 from service.caps.redis_caps import RedisCapStore
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
-from service.fences import builder
+from service.fences.live import IndexHolder
 from service.fences.router import router as fences_router
-from service.fences.service import IndexHolder
 from service.http.body_limit import BodyLimitMiddleware
 from service.http.docs import error_responses, install_docs
 from service.http.errors import install_error_handlers
@@ -111,9 +110,11 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         if settings.bootstrap_admin_key is not None:
             key = settings.bootstrap_admin_key.get_secret_value()
             await anyio.to_thread.run_sync(ensure_key, engine, key, Role.admin, "bootstrap")
-        holder = IndexHolder(engine)
+        holder = IndexHolder(
+            engine, settings.index_root, delta_max=settings.index_delta_max,
+            compact_at=settings.index_compact_at,
+        )  # fmt: skip
         await holder.refresh(force=True)
-        builder.prestart()  # the process that will build the next index, started now
         campaign_holder = CampaignHolder(engine)
         await campaign_holder.refresh(force=True)
         store: Any
@@ -174,6 +175,7 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
             for task in pollers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await holder.close()
             await store.close()
             await caps.close()
             engine.dispose()

@@ -68,7 +68,29 @@ class Settings(BaseSettings):
         description="How long a retried ping gets its first answer (SDK retries come within "
         "minutes; at 24 h these answers were 99.8 % of Redis memory in the capacity plan).",
     )
-    index_poll_s: float = Field(default=2.0, gt=0, description="Fence version polling period.")
+    index_poll_s: float = Field(default=1.0, gt=0, description="Fence version polling period.")
+    index_dir: Path | None = Field(
+        default=None,
+        description="Where workers of a host share index files (one per database and "
+        "version, mapped read-only); unset = data_dir/index.",
+    )
+    index_delta_max: int = Field(
+        default=10_000,
+        gt=0,
+        description="A change of more fences than this is logged as 'rebuild': replicas "
+        "build a new index base instead of applying it as a delta.",
+    )
+    index_compact_at: int = Field(
+        default=20_000,
+        gt=0,
+        description="Fences changed since a worker's index base beyond which a new base is "
+        "built in the background.",
+    )
+    index_log_keep_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="Change log kept this long; a replica further behind does a full build.",
+    )
     erasure_retry_s: float = Field(
         default=5.0,
         gt=0,
@@ -130,6 +152,10 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    @property
+    def index_root(self) -> Path:
+        return self.index_dir if self.index_dir is not None else self.data_dir / "index"
 
     @property
     def embedded_state(self) -> bool:

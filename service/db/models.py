@@ -46,6 +46,32 @@ class Geofence(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class GeofenceVersion(Base):
+    """One row per fence data version written through the service: what replicas need to
+    follow it. ``kind`` is ``delta`` (its changed store ids are in ``geofence_changes``),
+    ``rebuild`` (too many changes: replicas rebuild) or ``anchor`` (a version reached without
+    a log, e.g. before this table existed: replicas rebuild). ``token`` is random per row: an
+    index file names the version and token it holds, so a file is only reused for the very
+    data it was built from (a database restored or reset gets other tokens)."""
+
+    __tablename__ = "geofence_versions"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    token: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    changes: Mapped[int] = mapped_column(Integer)
+    committed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class GeofenceChange(Base):
+    """A store id changed (upserted or deleted) by a ``delta`` version."""
+
+    __tablename__ = "geofence_changes"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    store_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
 class DataVersion(Base):
     """One counter per data set; bumped in the same transaction as every change to it.
 

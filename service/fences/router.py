@@ -46,10 +46,12 @@ async def import_geofences(
                 dry_run=dry_run,
                 on_error=on_error,
                 max_details=settings.import_max_error_details,
+                delta_max=settings.index_delta_max,
+                log_keep_s=settings.index_log_keep_s,
             )
         )
     if not dry_run:
-        await request.app.state.index_holder.refresh(urgent=True)
+        await request.app.state.index_holder.wait_for(result.version)
     return result.to_dict()
 
 
@@ -96,6 +98,9 @@ async def get_geofence(store_id: StoreId, request: Request, _: AdminKey) -> dict
 
 @router.delete("/{store_id}", status_code=204, summary="Delete one geofence")
 async def delete_geofence(store_id: StoreId, request: Request, _: AdminKey) -> Response:
-    await anyio.to_thread.run_sync(lambda: service.delete_fence(_engine(request), store_id))
-    await request.app.state.index_holder.refresh(urgent=True)
+    settings = request.app.state.settings
+    version = await anyio.to_thread.run_sync(
+        lambda: service.delete_fence(_engine(request), store_id, settings.index_log_keep_s)
+    )
+    await request.app.state.index_holder.wait_for(version)
     return Response(status_code=204)

@@ -1,23 +1,22 @@
-"""Geofence use cases: all-or-nothing imports, reads, deletes, and the replica's live index."""
+"""Geofence use cases: all-or-nothing imports, reads and deletes, each logging its changes."""
 
 from __future__ import annotations
 
-import asyncio
-import gc
+import contextlib
 import logging
-import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO, Literal
 
-import anyio.to_thread
 import orjson
 from sqlalchemy import Engine
 
-from geofences.index import FenceIndex
+from geofences.model import FenceRecord
 from geofences.parsing import FileError, RowError, iter_fences
 from service.errors import InvalidFile, NotFound
+from service.fences import changelog
 from service.fences import repository as repo
-from service.fences.builder import PAUSE, build_index, release_slowly
+from service.fences.bulk import Staging
 from service.timeutil import aware_or_none
 
 log = logging.getLogger("geo_offers.fences")
@@ -54,28 +53,48 @@ def import_fences(
     dry_run: bool = False,
     on_error: OnError = "abort",
     max_details: int = 1000,
+    delta_max: int = 10_000,
+    log_keep_s: float = 86_400.0,
 ) -> ImportResult:
     """Stream a CSV/GeoJSON upload into the store of record in one transaction.
 
-    The file is read once, in batches of ``BATCH`` rows. With ``on_error=abort`` (default)
-    any bad row raises :class:`InvalidFile` listing every bad row (up to ``max_details``)
-    and the transaction is rolled back, so nothing is written; ``on_error=skip`` writes the
-    good rows and reports the bad ones. ``mode=replace`` also deletes the fences absent from
-    the file — but never those whose row was bad, so a typo cannot delete a store.
+    The file is read once. On PostgreSQL a file of more than ``BATCH`` rows streams into a
+    staging table with COPY and is merged in SQL (:mod:`service.fences.bulk`); smaller
+    files, and every file on SQLite, are written in batches of ``BATCH`` rows.
+
+    With ``on_error=abort`` (default) any bad row raises :class:`InvalidFile` listing every
+    bad row (up to ``max_details``) and the transaction is rolled back, so nothing is
+    written; ``on_error=skip`` writes the good rows and reports the bad ones.
+    ``mode=replace`` also deletes the fences absent from the file — but never those whose
+    row was bad, so a typo cannot delete a store.
     ``dry_run`` does everything, reports the counts, and rolls back.
+
+    The new version's change log row goes in the same transaction: the changed store ids,
+    or "rebuild" when more than ``delta_max`` fences changed.
     """
     result = ImportResult(mode=mode, dry_run=dry_run)
     n_errors = 0
-    seen: set[str] = set()
-    batch: list[dict[str, Any]] = []
+    seen: set[str] = set()  # the batch path's store ids, for mode=replace
+    bad_ids: list[str] = []
+    batch: list[FenceRecord] = []
+    changed: list[str] | None = []
+    staging: Staging | None = None
 
-    def flush() -> None:
+    def error(item: RowError) -> None:
+        nonlocal n_errors
+        n_errors += 1
+        if len(result.errors) < max_details:
+            result.errors.append(item.to_dict())
+
+    def flush() -> None:  # the batch path: BATCH rows at a time
+        nonlocal changed
         if not batch or (n_errors and on_error == "abort"):
             batch.clear()
             return
-        known = repo.existing_hashes(conn, [r["store_id"] for r in batch])
+        rows = [repo.record_to_row(r) for r in batch]
+        known = repo.existing_hashes(conn, [r["store_id"] for r in rows])
         write = []
-        for row in batch:
+        for row in rows:
             old = known.get(row["store_id"])
             if old is None:
                 result.created += 1
@@ -86,25 +105,48 @@ def import_fences(
             else:
                 result.unchanged += 1
         repo.upsert(conn, write)
+        if changed is not None:
+            changed.extend(row["store_id"] for row in write)
+            if len(changed) > delta_max:
+                changed = None
         batch.clear()
 
-    with engine.begin() as conn:
+    with engine.begin() as conn, contextlib.ExitStack() as copying:
         repo.lock_version(conn)
+        # PostgreSQL streams a file of more than BATCH rows through a staging table with
+        # COPY; smaller ones (single-store edits) take the batch path, a few statements
+        # cheaper than creating, indexing and merging a staging table.
+        use_copy = conn.dialect.name == "postgresql"
+        add: Callable[[FenceRecord], None] = batch.append
+        keep: Callable[[str], None] = bad_ids.append
         try:
             for item in iter_fences(stream, filename):
                 if isinstance(item, RowError):
-                    n_errors += 1
-                    if item.store_id and mode == "replace":
-                        seen.add(item.store_id)
-                    if len(result.errors) < max_details:
-                        result.errors.append(item.to_dict())
+                    error(item)
+                    if item.store_id:
+                        keep(item.store_id)
+                        if mode == "replace" and staging is None:
+                            seen.add(item.store_id)
                     continue
-                if mode == "replace":  # only replace needs every id (to find the absent ones)
+                if n_errors and on_error == "abort":
+                    continue
+                if mode == "replace" and staging is None:
                     seen.add(item.record.store_id)
-                batch.append(repo.record_to_row(item.record))
+                add(item.record)
                 if len(batch) >= BATCH:
-                    flush()
+                    if use_copy:
+                        staging = Staging(conn)
+                        add, keep = copying.enter_context(staging.writer())
+                        for rec in batch:
+                            add(rec)
+                        for store_id in bad_ids:
+                            keep(store_id)
+                        batch.clear()
+                        seen.clear()
+                    else:
+                        flush()
             flush()
+            copying.close()  # the staging rows' COPY ends here
         except FileError as exc:
             details = [e.to_dict() for e in exc.errors]
             raise InvalidFile(str(exc), details) from exc
@@ -117,20 +159,34 @@ def import_fences(
                 "(fix them, or import with on_error=skip to write the good rows)",
                 result.errors,
             )
+        if staging is not None:
+            result.created, result.updated, result.unchanged = staging.counts()
+            changed = None
+            if result.created + result.updated <= delta_max:
+                changed = staging.changed_ids()
+        if mode == "replace" and result.created + result.updated + result.unchanged == 0:
+            raise InvalidFile(
+                "mode=replace with a file of no valid fences would delete every fence; "
+                "nothing was written"
+            )
+        if staging is not None and not dry_run:
+            staging.merge(result.created, result.updated)
         if mode == "replace":
-            good = result.created + result.updated + result.unchanged
-            if good == 0:
-                raise InvalidFile(
-                    "mode=replace with a file of no valid fences would delete every fence; "
-                    "nothing was written"
-                )
-            result.deleted = repo.delete_missing(conn, seen)
-        changed = result.created + result.updated + result.deleted
+            gone = staging.delete_missing() if staging else repo.delete_missing(conn, seen)
+            result.deleted = len(gone)
+            if changed is not None:
+                changed.extend(gone)
+        if changed is not None and len(changed) > delta_max:
+            changed = None
         if dry_run:
             result.version = repo.current_version(conn)
             conn.rollback()
+        elif result.created + result.updated + result.deleted:
+            result.version = repo.bump_version(conn)
+            changelog.record(conn, result.version, changed)
+            changelog.prune(conn, log_keep_s)
         else:
-            result.version = repo.bump_version(conn) if changed else repo.current_version(conn)
+            result.version = repo.current_version(conn)
     # Counts go under one key: names such as "created" are LogRecord attributes.
     counts = {k: v for k, v in result.to_dict().items() if k != "errors"}
     log.info("geofence import", extra={"event": "import", "import": counts})
@@ -176,75 +232,12 @@ def list_fences(
     return {"items": items, "next_cursor": next_cursor}
 
 
-def delete_fence(engine: Engine, store_id: str) -> int:
+def delete_fence(engine: Engine, store_id: str, log_keep_s: float = 86_400.0) -> int:
     with engine.begin() as conn:
         repo.lock_version(conn)
         if not repo.delete_one(conn, store_id):
             raise NotFound(f"no geofence with store_id {store_id!r}")
-        return repo.bump_version(conn)
-
-
-class IndexHolder:
-    """The replica's current :class:`FenceIndex`, rebuilt off the event loop and swapped whole.
-
-    Pings read ``holder.index`` (one attribute read, so always a complete index); a rebuild
-    builds a new index in a child process (:mod:`service.fences.builder`) while the old one
-    keeps serving.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self.index: FenceIndex | None = None
-        self.loaded_at: float | None = None
-        self._lock = asyncio.Lock()
-
-    @property
-    def version(self) -> int | None:
-        return None if self.index is None else self.index.version
-
-    async def _build(self, urgent: bool) -> FenceIndex:
-        started = time.perf_counter()
-        # The first index is built before anything is served: here, in a thread. Rebuilds
-        # happen under load: in a child process, so pings keep the GIL.
-        index = await build_index(
-            self._engine, in_child=self.index is not None, pause=0.0 if urgent else PAUSE
-        )
-        log.info(
-            "index built",
-            extra={"event": "index_built", "version": index.version, "fences": len(index),
-                   "seconds": round(time.perf_counter() - started, 3)},
-        )  # fmt: skip
-        return index
-
-    def _stored_version(self) -> int:
-        with self._engine.connect() as conn:
-            return repo.current_version(conn)
-
-    async def refresh(self, force: bool = False, urgent: bool = False) -> bool:
-        """Rebuild when the stored version differs from the served one; True if swapped.
-
-        A rebuild is paced so that pings keep their latency (about 20 s at 100 k fences);
-        ``urgent`` (an import or delete through this replica, whose caller waits for the
-        result) builds at full speed, still in the child process."""
-        async with self._lock:
-            if not force and self.index is not None:
-                stored = await anyio.to_thread.run_sync(self._stored_version)
-                if stored == self.index.version:
-                    return False
-            new: FenceIndex | None = await self._build(urgent)
-            assert new is not None
-            drop: list[FenceIndex | None] = []  # freed off the event loop, below
-            if self.index is None or new.version >= self.index.version or force:
-                drop.append(self.index)
-                self.index = new
-                self.loaded_at = time.time()
-                # The index is millions of long-lived, acyclic objects: left to the cyclic GC,
-                # every full collection walks them all (65 ms at 100 k fences, measured), a
-                # p99 spike under load. Freezing moves what is alive now out of the GC's
-                # sight; the old index is still freed by reference counting.
-                gc.freeze()
-            else:
-                drop.append(new)  # built from an older version than the one served
-            new = None
-            await anyio.to_thread.run_sync(release_slowly, drop)
-            return True
+        version = repo.bump_version(conn)
+        changelog.record(conn, version, [store_id])
+        changelog.prune(conn, log_keep_s)
+        return version

@@ -35,7 +35,7 @@ import orjson
 from geofences.visits import DeviceState, VisitEvent, step
 from service.campaigns.service import CampaignHolder, CampaignSet
 from service.errors import FuturePing
-from service.fences.service import IndexHolder
+from service.fences.live import IndexHolder
 from service.locations.schemas import PingIn
 from service.metrics import observe_ping
 from service.offers.service import OfferContext, VisitTrigger, could_fire

@@ -105,7 +105,7 @@ def test_multipolygon_across_the_antimeridian() -> None:
     assert f.covers(0.0, 180.0) and f.covers(0.0, -180.0)
     assert not f.covers(0.0, 0.0)
     assert not f.covers(0.0, 179.98)
-    index = FenceIndex.build([f.record])
+    index = FenceIndex.build([FenceRecord("p1", "Mall", 0.0, 180.0, geometry=ACROSS_180)])
     assert [m.fence.store_id for m in index.match(0.005, -179.995)] == ["p1"]
     assert [m.fence.store_id for m in index.match(-0.005, 179.995)] == ["p1"]
 

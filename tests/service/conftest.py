@@ -42,7 +42,7 @@ def _reset_postgis(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "TRUNCATE geofences, api_keys, campaigns, policies, users, user_events, offers, "
-            "exposures, redemptions, erasures"
+            "exposures, redemptions, erasures, geofence_versions, geofence_changes"
         )
         conn.execute("UPDATE data_versions SET version = 0")
 
@@ -62,13 +62,16 @@ def _make_api(settings: Settings) -> Iterator[Api]:
 
 
 @pytest.fixture
-def pg_settings(migrated_postgis: str, redis_url: str, redis_prefix: str) -> Settings:
+def pg_settings(
+    migrated_postgis: str, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> Settings:
     _reset_postgis(migrated_postgis)
     return Settings(
         database_url=migrated_postgis,
         redis_url=redis_url,
         redis_prefix=redis_prefix,
         index_poll_s=0.2,
+        index_dir=tmp_path / "index",
     )
 
 
