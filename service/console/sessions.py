@@ -1,0 +1,86 @@
+"""Console sign-in: an admin key exchanged for a server-side session, and its CSRF token.
+
+The cookie holds a random session id; the ``console_sessions`` table holds only its
+SHA-256, the admin key it was opened with and its expiry, so every replica knows the
+session, sign-out ends it everywhere, and revoking the key ends it too. The CSRF token is
+an HMAC of the session id: nothing more to store, and it dies with the session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from service.auth import KeyCache, Role, hash_key
+from service.console import repository as repo
+from service.errors import Forbidden, Unauthorized
+
+COOKIE = "go_console"
+LOGIN_COOKIE = "go_console_login"  # double-submit token of the sign-in form
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    id_hash: str
+    csrf: str
+    expires_at: datetime
+
+
+def _hash(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def csrf_token(session_id: str) -> str:
+    return hmac.new(session_id.encode(), b"geo-offers console csrf", hashlib.sha256).hexdigest()
+
+
+def same_token(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def check_admin_key(keys: KeyCache, key: str) -> None:
+    """The key must be a live admin key (service.auth's verification); else a clear error."""
+    key = key.strip()
+    if not key:
+        raise Unauthorized("enter your admin key")
+    role = await keys.role_of(key)
+    if role is None:
+        raise Unauthorized("this key is not known, or it was revoked")
+    if role is not Role.admin:
+        raise Forbidden(
+            f"this is a{'n' if role.value[0] in 'aeiou' else ''} {role.value} key; "
+            "the console needs an admin key (geo-offers keys create --role admin)"
+        )
+
+
+def open_session(engine: Engine, key: str, ttl_s: float) -> tuple[str, ConsoleSession]:
+    """A new session for a checked admin key: (the cookie's session id, the session)."""
+    now = datetime.now(UTC)
+    expires = now + timedelta(seconds=ttl_s)
+    session_id = secrets.token_urlsafe(32)
+    with engine.begin() as conn:
+        key_id = repo.key_id_of(conn, hash_key(key.strip()))
+        if key_id is None:  # revoked between the check and now
+            raise Unauthorized("this key is not known, or it was revoked")
+        repo.insert_session(conn, _hash(session_id), key_id, now, expires)
+    return session_id, ConsoleSession(_hash(session_id), csrf_token(session_id), expires)
+
+
+def find_session(engine: Engine, session_id: str) -> ConsoleSession | None:
+    if not session_id or len(session_id) > 128:
+        return None
+    with engine.connect() as conn:
+        row = repo.live_session(conn, _hash(session_id), datetime.now(UTC))
+    if row is None:
+        return None
+    return ConsoleSession(row.id_hash, csrf_token(session_id), row.expires_at)
+
+
+def close_session(engine: Engine, id_hash: str) -> None:
+    with engine.begin() as conn:
+        repo.delete_session(conn, id_hash)
