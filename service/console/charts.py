@@ -13,13 +13,17 @@ class Series:
 
 
 def _nice_max(value: int) -> int:
-    """The smallest of 1, 2, 5 x 10^k at or above ``value`` (at least 1)."""
-    step = 1
+    """Three gridline steps of 1, 2 or 5 x 10^k that reach ``value`` (whole numbers).
+
+    >>> _nice_max(0), _nice_max(7), _nice_max(1300)
+    (3, 15, 1500)
+    """
+    scale = 1
     while True:
         for m in (1, 2, 5):
-            if m * step >= value:
-                return max(1, m * step)
-        step *= 10
+            if 3 * m * scale >= value:
+                return 3 * m * scale
+        scale *= 10
 
 
 def daily_bars(days: list[str], series: list[Series], width: int = 880, height: int = 240) -> str:

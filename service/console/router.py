@@ -55,6 +55,17 @@ TILE_CACHE_SIZE = 2048
 CHART_DAYS = 30
 
 
+class UploadIn(BaseModel):
+    kind: str = Field(max_length=16)
+    filename: str = Field(max_length=255)
+    size: int
+
+
+class RunIn(BaseModel):
+    mode: Literal["upsert", "replace"] = "upsert"
+    on_error: Literal["abort", "skip"] = "abort"
+
+
 def _state(request: Request) -> Any:
     return request.app.state
 
@@ -253,11 +264,6 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
             max_upload=settings.max_upload_bytes,
         )  # fmt: skip
 
-    class UploadIn(BaseModel):
-        kind: str = Field(max_length=16)
-        filename: str = Field(max_length=255)
-        size: int
-
     @router.post("/api/uploads")
     async def create_upload(
         request: Request, session: ApiCsrf, body: Annotated[UploadIn, Body()]
@@ -288,10 +294,6 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
         return await anyio.to_thread.run_sync(
             uploads.progress, _state(request).engine, session.id_hash, upload_id
         )
-
-    class RunIn(BaseModel):
-        mode: Literal["upsert", "replace"] = "upsert"
-        on_error: Literal["abort", "skip"] = "abort"
 
     async def run_upload(
         request: Request, upload_id: str, session_hash: str, apply: bool, body: RunIn

@@ -5,18 +5,19 @@ size up to ``max_upload_bytes`` gets through, with a progress bar, to whichever 
 answers; chunks are kept in the database (``console_upload_chunks``) until the file is
 applied or a day has passed. Checking and applying call the very functions the HTTP API
 calls (:func:`service.fences.service.import_fences`,
-:func:`service.campaigns.service.import_campaigns`), reading the chunks back as a stream.
+:func:`service.campaigns.service.import_campaigns`) on the reassembled file.
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from sqlalchemy import Engine
 
@@ -86,16 +87,11 @@ def put_chunk(
     return {"received": received, "size": int(upload.size)}
 
 
-class ChunkReader(io.RawIOBase):
-    """The staged chunks as one binary stream (read on its own connection, chunk by chunk)."""
+class CountingReader(io.RawIOBase):
+    """A binary stream that reports how many bytes were read from it so far."""
 
-    def __init__(
-        self, engine: Engine, upload_id: str, seqs: list[int], on_read: Callable[[int], None]
-    ) -> None:
-        self._engine = engine
-        self._upload_id = upload_id
-        self._seqs = list(seqs)
-        self._buffer = b""
+    def __init__(self, inner: BinaryIO, on_read: Callable[[int], None]) -> None:
+        self._inner = inner
         self._done = 0
         self._on_read = on_read
 
@@ -103,15 +99,26 @@ class ChunkReader(io.RawIOBase):
         return True
 
     def readinto(self, target: Any) -> int:
-        while not self._buffer and self._seqs:
-            with self._engine.connect() as conn:
-                self._buffer = repo.chunk(conn, self._upload_id, self._seqs.pop(0))
-            self._done += len(self._buffer)
-            self._on_read(self._done)
-        n = min(len(target), len(self._buffer))
-        target[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
+        data = self._inner.read(len(target))
+        n = len(data)
+        target[:n] = data
+        self._done += n
+        self._on_read(self._done)
         return n
+
+
+def _spool(engine: Engine, upload_id: str, seqs: list[int]) -> BinaryIO:
+    """The staged chunks copied into one temporary file (kept in memory up to 8 MB).
+
+    Copied before the import starts, because the import holds its transaction open while it
+    reads: on SQLite every transaction takes the one write lock, so reading the chunks
+    alongside would wait for the import itself."""
+    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+    for seq in seqs:
+        with engine.connect() as conn:
+            spool.write(repo.chunk(conn, upload_id, seq))
+    spool.seek(0)
+    return spool  # type: ignore[return-value]
 
 
 def progress(engine: Engine, session_hash: str, upload_id: str) -> dict[str, int]:
@@ -152,9 +159,9 @@ def run(
             f"the upload is incomplete ({got:,} of {upload.size:,} bytes): drop the file again",
             [{"field": "file", "reason": "incomplete upload"}],
         )
-    reporter = _Reporter(engine, upload_id)
-    reader = ChunkReader(engine, upload_id, [s for s, _ in sizes], reporter)
     started = time.perf_counter()
+    spool = _spool(engine, upload_id, [s for s, _ in sizes])
+    reader = CountingReader(spool, _Reporter(engine, upload_id))
     try:
         if upload.kind == "campaigns":
             out = import_campaigns(engine, reader.readall(), upload.filename, dry_run=not apply)
@@ -171,6 +178,7 @@ def run(
             )
             result = res.to_dict()
     finally:
+        spool.close()
         with _progress_lock:
             _progress.pop(upload_id, None)
     if apply:
@@ -185,7 +193,7 @@ def run(
 
 class _Reporter:
     """Records the bytes read: in this process always, in the database on PostgreSQL (on
-    SQLite the import's transaction holds the one write lock, and one process serves)."""
+    SQLite the import's transaction holds the one write lock; one process serves anyway)."""
 
     def __init__(self, engine: Engine, upload_id: str) -> None:
         self._engine = engine

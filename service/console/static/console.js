@@ -49,7 +49,7 @@ window.Console = (function () {
     style.layers.push(
       { id: "clusters", type: "circle", source: "fences", "source-layer": "clusters",
         paint: { "circle-color": ["step", ["get", "count"], "#4f8fdc", 10, "#2b6cc4", 100, "#1b4f99", 1000, "#0f3470"],
-                 "circle-radius": ["step", ["get", "count"], 6, 10, 11, 100, 15, 1000, 19, 10000, 23],
+                 "circle-radius": ["step", ["get", "count"], 6, 2, 11, 10, 14, 100, 17, 1000, 21, 10000, 25],
                  "circle-stroke-color": "#fff", "circle-stroke-width": 1.5, "circle-opacity": 0.9 } },
       { id: "fence-fill", type: "fill", source: "fences", "source-layer": "fences",
         filter: ["==", ["geometry-type"], "Polygon"],

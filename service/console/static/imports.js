@@ -77,7 +77,7 @@
   function fail(res, applying) {
     const err = (res.data && res.data.error) || { message: "The request failed (HTTP " + res.status + ").", details: [] };
     say(err.message, "error");
-    if (err.details && err.details.length && (err.details[0].line !== undefined || err.details[0].reason)) {
+    if (err.details && err.details.length && err.details[0].line !== undefined) {
       show({ created: 0, updated: 0, unchanged: 0, deleted: 0, skipped: err.details.length,
              errors: err.details, kind: upload ? upload.kind : "geofences", failed: true });
     }
