@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
-from urllib.parse import quote
 
 from service.console.router import build_router
 from service.console.web import PREFIX, PageError, SignInRequired, secure
@@ -23,9 +24,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
 
     async def _page_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, PageError)
-        return pages.render(
-            "error.html", request, None, exc.status_code, message=exc.message
-        )
+        return pages.render("error.html", request, None, exc.status_code, message=exc.message)
 
     app.add_exception_handler(SignInRequired, _sign_in)
     app.add_exception_handler(PageError, _page_error)

@@ -44,7 +44,9 @@ def daily_bars(days: list[str], series: list[Series], width: int = 880, height: 
     for i in range(4):
         value = top_value * i / 3
         y = top + plot_h - plot_h * i / 3
-        out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        out.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}"/>'
+        )
         out.append(f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
                    f"{value:,.0f}</text>")  # fmt: skip
     for d, day in enumerate(days):

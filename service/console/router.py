@@ -38,13 +38,12 @@ from service.console.web import (
     Assets,
     PageCsrf,
     PageError,
-    PageSession,
     Pages,
+    PageSession,
     check_origin,
     duration,
     secure,
 )
-
 from service.db import versions
 from service.errors import DomainError, InvalidFile, InvalidInput, NotFound
 from service.fences import service as fences
@@ -126,7 +125,7 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
             return _sign_in(request, next, "The sign-in form expired; please try again.", 403)
         try:
             await check_admin_key(_state(request).keys, key)
-            session_id, session = await anyio.to_thread.run_sync(
+            session_id, _ = await anyio.to_thread.run_sync(
                 open_session, _state(request).engine, key, settings.console_session_ttl_s
             )
         except DomainError as exc:
@@ -474,9 +473,9 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
 
 def _safe_next(path: str) -> str:
     """Only a console path (never another site) after signing in."""
-    if path.startswith(f"{PREFIX}/") and not path.startswith("//") and "\\" not in path:
-        if not path.startswith(f"{PREFIX}/sign-"):
-            return path
+    ok = path.startswith(f"{PREFIX}/") and not path.startswith(f"{PREFIX}/sign-")
+    if ok and "//" not in path and "\\" not in path:
+        return path
     return f"{PREFIX}/stores"
 
 
@@ -512,4 +511,3 @@ def _campaign_row(item: dict[str, Any], issued_today: int | None) -> dict[str, A
         "priority": doc.get("priority", 0),
         "issued_today": issued_today,
     }
-

@@ -52,8 +52,9 @@ async def check_admin_key(keys: KeyCache, key: str) -> None:
     if role is None:
         raise Unauthorized("this key is not known, or it was revoked")
     if role is not Role.admin:
+        article = "a" if role is Role.server else "an"  # an sdk key, a server key
         raise Forbidden(
-            f"this is a{'n' if role.value[0] in 'aeiou' else ''} {role.value} key; "
+            f"this is {article} {role.value} key; "
             "the console needs an admin key (geo-offers keys create --role admin)"
         )
 

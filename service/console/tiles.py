@@ -245,13 +245,11 @@ def memory_tile(cols: FenceColumns, z: int, x: int, y: int, tag: str | None = No
     near = (tx >= -margin) & (tx < 1 + margin) & (ty >= -margin) & (ty < 1 + margin)
     hits = cols.shape_tree.query(shapely.box(w, s, e, north), predicate="intersects")
     polygon_rows = cols.shape_rows[hits].tolist()
-    rows_set = set(np.flatnonzero(near & _tag_mask(cols, tag)).tolist()) | {
-        r for r in polygon_rows if _tag_ok(cols, r, tag)
-    }
-    rows = sorted(rows_set)
+    picked: set[int] = set(np.flatnonzero(near & _tag_mask(cols, tag)).tolist())
+    picked.update(r for r in polygon_rows if _tag_ok(cols, r, tag))
     clip = shapely.box(-BUFFER, -BUFFER, EXTENT + BUFFER, EXTENT + BUFFER)
     features = []
-    for r in rows:
+    for r in sorted(picked):
         if cols.kind[r] == "polygon":
             geom = _to_tile(cols.shapes[r], z, x, y)
         elif z >= SHAPE_MIN_Z:

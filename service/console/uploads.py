@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from service.campaigns.service import import_campaigns
 from service.console import repository as repo
-from service.errors import InvalidFile, InvalidInput, NotFound
+from service.errors import InvalidInput, NotFound
 from service.fences.service import import_fences
 
 Kind = Literal["geofences", "campaigns"]
@@ -113,7 +113,7 @@ def _spool(engine: Engine, upload_id: str, seqs: list[int]) -> BinaryIO:
     Copied before the import starts, because the import holds its transaction open while it
     reads: on SQLite every transaction takes the one write lock, so reading the chunks
     alongside would wait for the import itself."""
-    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+    spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)  # noqa: SIM115 (returned)
     for seq in seqs:
         with engine.connect() as conn:
             spool.write(repo.chunk(conn, upload_id, seq))
@@ -209,4 +209,3 @@ class _Reporter:
             self._last = now
             with self._engine.begin() as conn:
                 repo.set_progress(conn, self._upload_id, done)
-

@@ -187,9 +187,9 @@ def duration(seconds: Any) -> str:
 
 
 async def _session(request: Request) -> ConsoleSession | None:
-    cached = getattr(request.state, "console_session", False)
-    if cached is not False:
-        return cached  # type: ignore[no-any-return]
+    if hasattr(request.state, "console_session"):
+        cached: ConsoleSession | None = request.state.console_session
+        return cached
     cookie = request.cookies.get(COOKIE, "")
     found = None
     if cookie:

@@ -1,4 +1,4 @@
-""""Why no offer?": one real ping through the service's ping pipeline, with ``explain``.
+""" "Why no offer?": one real ping through the service's ping pipeline, with ``explain``.
 
 :func:`explain_ping` is the console's only call into the ping pipeline (re-point it here
 when that pipeline's entry point changes). It processes a real ping for the chosen device:

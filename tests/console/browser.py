@@ -53,7 +53,9 @@ def browser() -> Iterator[Browser]:
             b.close()
 
 
-def offline_context(b: Browser, base: str, width: int = 1280, height: int = 800) -> tuple[BrowserContext, Offline]:
+def offline_context(
+    b: Browser, base: str, width: int = 1280, height: int = 800
+) -> tuple[BrowserContext, Offline]:
     ctx = b.new_context(viewport={"width": width, "height": height})
     guard = Offline(urlsplit(base).scheme + "://" + urlsplit(base).netloc)
     ctx.route("**/*", guard.route)

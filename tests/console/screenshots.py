@@ -60,7 +60,9 @@ def main() -> None:
             page.screenshot(path=OUT / "report.png", full_page=True)
             page.goto(f"{base}/console/imports")
             bad = b"store_id,name,lat,lng,radius_m\ns1,Ok,40.7,-73.9,50\ns2,Swapped,-73.9,40.7,50\ns3,Tiny,40.7,-73.9,2\n"
-            page.set_input_files("#file", files=[{"name": "stores.csv", "mimeType": "text/csv", "buffer": bad}])
+            page.set_input_files(
+                "#file", files=[{"name": "stores.csv", "mimeType": "text/csv", "buffer": bad}]
+            )
             page.wait_for_selector("#result:not([hidden])")
             page.screenshot(path=OUT / "imports.png", full_page=True)
             page.goto(f"{base}/console/why?lat=40.74172&lng=-73.98964")
