@@ -33,8 +33,8 @@ def pg_settings(migrated_postgis: str, redis_url: str, redis_prefix: str) -> Set
     )
 
 
-def admin_key(api: Api) -> str:
-    return api.admin["Authorization"].removeprefix("Bearer ")
+def admin_key(target: Api) -> str:
+    return target.admin["Authorization"].removeprefix("Bearer ")
 
 
 def sign_in_form(client: TestClient) -> str:
@@ -46,12 +46,12 @@ def sign_in_form(client: TestClient) -> str:
     return found.group(1)
 
 
-def sign_in(api: Api) -> str:
+def sign_in(target: Api) -> str:
     """Sign the test client in with the admin key; returns the session's CSRF token."""
-    client = api.client
+    client = target.client
     token = sign_in_form(client)
     r = client.post(
-        "/console/sign-in", data={"key": admin_key(api), "csrf": token}, follow_redirects=False
+        "/console/sign-in", data={"key": admin_key(target), "csrf": token}, follow_redirects=False
     )
     assert r.status_code == 303, r.text
     return csrf_of(client.get("/console/stores").text)
