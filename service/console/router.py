@@ -76,6 +76,7 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
     tile_cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
     columns = tiles.ColumnsCache()
+    cells_built: set[int] = set()  # fence versions whose map cells exist (PostgreSQL)
     chunk_bytes = max(64 * 1024, min(settings.max_body_bytes - 16 * 1024, 4 * 1024 * 1024))
 
     def is_https(request: Request) -> bool:
@@ -152,15 +153,35 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
 
     # --- stores: map, tiles, search, details -----------------------------------------
 
+    async def fence_version(request: Request) -> Any:
+        """The fence data version the map shows: the table's on PostgreSQL (tiles come from
+        it), the served index's on the embedded default."""
+        state = _state(request)
+        engine = state.engine
+        if engine.dialect.name != "postgresql":
+            return state.index_holder.version
+
+        def stored() -> int:
+            with engine.connect() as conn:
+                return versions.current(conn, versions.FENCES)
+
+        return await anyio.to_thread.run_sync(stored)
+
+    summary: dict[str, Any] = {}  # the fence version's tags and count (a full scan each)
+
     @router.get("/stores")
     async def stores_page(request: Request, session: PageSession) -> Response:
         engine = _state(request).engine
+        version = await fence_version(request)
 
         def load() -> tuple[list[str], int]:
             with engine.connect() as conn:
                 return repo.all_tags(conn), repo.fence_count(conn)
 
-        tags, count = await anyio.to_thread.run_sync(load)
+        if summary.get("version") != version:
+            tags, count = await anyio.to_thread.run_sync(load)
+            summary.update(version=version, tags=tags, count=count)
+        tags, count = summary["tags"], summary["count"]
         return pages.render(
             "stores.html", request, session, tags=tags, fence_count=count,
             basemap_url=settings.console_basemap_url or "",
@@ -183,15 +204,7 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
             tiles.check_tile(z, x, y)
         except tiles.TileOutOfRange as exc:
             raise NotFound(str(exc)) from None
-        if engine.dialect.name == "postgresql":
-
-            def stored_version() -> int:
-                with engine.connect() as conn:
-                    return versions.current(conn, versions.FENCES)
-
-            version: Any = await anyio.to_thread.run_sync(stored_version)
-        else:
-            version = state.index_holder.version
+        version = await fence_version(request)
         etag = f'"{version}-{z}-{x}-{y}-{tag or ""}"'
         headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         if request.headers.get("if-none-match") == etag:
@@ -200,10 +213,17 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
         data = tile_cache.get(key)
         if data is None:
             if engine.dialect.name == "postgresql":
+                cells: int | None = None
+                if z <= tiles.SUMMARY_Z and not tag:
+                    if version not in cells_built:
+                        cells_built.add(
+                            await anyio.to_thread.run_sync(tiles.build_pg_cells, engine)
+                        )
+                    cells = version if version in cells_built else None
 
                 def from_postgis() -> bytes:
                     with engine.connect() as conn:
-                        return tiles.pg_tile(conn, z, x, y, tag)
+                        return tiles.pg_tile(conn, z, x, y, tag, cells)
 
                 data = await anyio.to_thread.run_sync(from_postgis)
             else:

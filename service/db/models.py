@@ -199,6 +199,30 @@ class ConsoleUpload(Base):
     progress: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes read by a check
 
 
+class ConsoleFenceCell(Base):
+    """Fences counted per grid cell for one fence version: the console map's zoomed-out
+    tiles on PostgreSQL read these instead of aggregating the whole table on every miss."""
+
+    __tablename__ = "console_fence_cells"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    cx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cy: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    lng: Mapped[float] = mapped_column(Float)  # mean store point of the cell's fences
+    lat: Mapped[float] = mapped_column(Float)
+    store_id: Mapped[str] = mapped_column(String(128))  # the one store of a cell with n = 1
+
+
+class ConsoleFenceCellVersion(Base):
+    """The fence versions whose cells are complete in ``console_fence_cells``."""
+
+    __tablename__ = "console_fence_cell_versions"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ConsoleUploadChunk(Base):
     __tablename__ = "console_upload_chunks"
 

@@ -24,7 +24,10 @@ def pg_settings(migrated_postgis: str, redis_url: str, redis_prefix: str) -> Set
     """tests/service's PostGIS settings, with the console's tables emptied too."""
     _reset_postgis(migrated_postgis)
     with psycopg.connect(migrated_postgis, autocommit=True) as conn:
-        conn.execute("TRUNCATE console_sessions, console_uploads, console_upload_chunks")
+        conn.execute(
+            "TRUNCATE console_sessions, console_uploads, console_upload_chunks, "
+            "console_fence_cells, console_fence_cell_versions"
+        )
     return Settings(
         database_url=migrated_postgis,
         redis_url=redis_url,

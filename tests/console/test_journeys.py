@@ -95,7 +95,10 @@ def server(
 ) -> Iterator[Server]:
     _reset_postgis(migrated_postgis)
     with psycopg.connect(migrated_postgis, autocommit=True) as conn:
-        conn.execute("TRUNCATE console_sessions, console_uploads, console_upload_chunks")
+        conn.execute(
+            "TRUNCATE console_sessions, console_uploads, console_upload_chunks, "
+            "console_fence_cells, console_fence_cell_versions"
+        )
     prefix = f"geotest-console-{uuid.uuid4().hex[:8]}"
     engine = make_engine(Settings(database_url=migrated_postgis))
     keys = {role: create_key(engine, role, "journeys") for role in Role}

@@ -6,8 +6,10 @@ import math
 
 import mapbox_vector_tile
 import pytest
+from sqlalchemy import text
 
 from geofences import EARTH_RADIUS_M
+from service.console import tiles
 from service.console.tiles import tile_bounds_lnglat
 from tests.console.conftest import Api, sign_in
 
@@ -154,3 +156,48 @@ def test_tile_out_of_range(any_api: Api) -> None:
     sign_in(any_api)
     assert any_api.client.get("/console/tiles/2/4/0.mvt").status_code == 404
     assert any_api.client.get("/console/tiles/23/0/0.mvt").status_code == 404
+
+
+def test_zoomed_out_tiles_from_cells_match_the_table(api: Api) -> None:
+    """PostgreSQL: tiles up to SUMMARY_Z from the per-version cell counts are the tiles
+    aggregated from the table itself."""
+    load(api)
+    engine = api.app_state.engine
+    version = tiles.build_pg_cells(engine)
+    assert tiles.build_pg_cells(engine) == version, "built once per version"
+
+    def decode(data: bytes) -> list[tuple[int, str | None, tuple[int, int]]]:
+        if not data:
+            return []
+        layer = mapbox_vector_tile.decode(data, default_options={"y_coord_down": True})["clusters"]
+        return sorted(
+            (f["properties"]["count"], f["properties"].get("store_id"),
+             tuple(f["geometry"]["coordinates"]))
+            for f in layer["features"]
+        )  # fmt: skip
+
+    compared = 0
+    with engine.connect() as conn:
+        for z in range(tiles.SUMMARY_Z + 1):
+            for lat, lng in ((40.74, -73.99), (-18.1416, 178.4233), (51.5308, -0.1238)):
+                x, y = tile_xy(lat, lng, z)
+                live = decode(tiles.pg_tile(conn, z, x, y))
+                cells = decode(tiles.pg_tile(conn, z, x, y, None, version))
+                assert [c[:2] for c in cells] == [c[:2] for c in live], (z, x, y)
+                for a, b in zip(cells, live, strict=True):  # the same mean position
+                    assert abs(a[2][0] - b[2][0]) <= 1 and abs(a[2][1] - b[2][1]) <= 1
+                compared += len(live)
+        rows = conn.execute(text("SELECT count(*) FROM console_fence_cells")).scalar_one()
+    assert compared > 0 and rows > 0
+    # The next version's cells replace this one's.
+    r = api.client.delete("/v1/geofences/suva", headers=api.admin)
+    assert r.status_code == 204
+    newer = tiles.build_pg_cells(engine)
+    assert newer == version + 1
+    with engine.connect() as conn:
+        kept = (
+            conn.execute(text("SELECT DISTINCT version FROM console_fence_cells")).scalars().all()
+        )
+        x, y = tile_xy(-18.1416, 178.4233, 3)
+        assert decode(tiles.pg_tile(conn, 3, x, y, None, newer)) == []
+    assert kept == [newer]

@@ -1,4 +1,4 @@
-"""Marketer console: server-side sessions and staged uploads.
+"""Marketer console: server-side sessions, staged uploads, fence counts per map cell.
 
 Revision ID: 0005
 Revises: 0002
@@ -40,8 +40,29 @@ def upgrade() -> None:
         sa.Column("seq", sa.Integer(), primary_key=True),
         sa.Column("data", sa.LargeBinary(), nullable=False),
     )
+    op.create_table(
+        "console_fence_cells",
+        sa.Column("version", sa.BigInteger(), primary_key=True),
+        sa.Column("cx", sa.Integer(), primary_key=True),
+        sa.Column("cy", sa.Integer(), primary_key=True),
+        sa.Column("n", sa.Integer(), nullable=False),
+        sa.Column("lng", sa.Float(), nullable=False),
+        sa.Column("lat", sa.Float(), nullable=False),
+        sa.Column("store_id", sa.String(128), nullable=False),
+    )
+    op.create_table(
+        "console_fence_cell_versions",
+        sa.Column("version", sa.BigInteger(), primary_key=True),
+        sa.Column("built_at", TS, nullable=False),
+    )
 
 
 def downgrade() -> None:
-    for table in ("console_upload_chunks", "console_uploads", "console_sessions"):
+    for table in (
+        "console_fence_cell_versions",
+        "console_fence_cells",
+        "console_upload_chunks",
+        "console_uploads",
+        "console_sessions",
+    ):
         op.drop_table(table)
