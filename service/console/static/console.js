@@ -30,14 +30,20 @@ window.Console = (function () {
     const style = {
       version: 8,
       sources: { fences: { type: "vector", tiles: [tiles], minzoom: 0, maxzoom: 22 } },
-      layers: [{ id: "background", type: "background", paint: { "background-color": "#eef0ea" } }],
+      layers: [{ id: "background", type: "background", paint: { "background-color": "#dde6ec" } }],
     };
     if (container.dataset.basemap) {
       style.sources.basemap = { type: "raster", tiles: [container.dataset.basemap], tileSize: 256,
                                 attribution: container.dataset.attribution || "" };
       style.layers.push({ id: "basemap", type: "raster", source: "basemap" });
     } else {
-      // No base map: a graticule every 10° gives some sense of place.
+      // No base map: land outlines (Natural Earth 1:110m, served by the service) and a
+      // graticule every 10° give a sense of place.
+      style.sources.land = { type: "geojson", data: { type: "FeatureCollection", features: [] } };
+      style.layers.push(
+        { id: "land", type: "fill", source: "land", paint: { "fill-color": "#f6f5f0" } },
+        { id: "coast", type: "line", source: "land", paint: { "line-color": "#c3cbc9", "line-width": 0.8 } },
+      );
       const lines = [];
       for (let lng = -180; lng <= 180; lng += 10) lines.push([[lng, -85], [lng, 85]]);
       for (let lat = -80; lat <= 80; lat += 10) lines.push([[-180, lat], [180, lat]]);
@@ -78,16 +84,28 @@ window.Console = (function () {
     }, options || {}));
     map.addControl(new maplibregl.NavigationControl({ showCompass: false }), "top-right");
     map.addControl(new maplibregl.ScaleControl({ maxWidth: 120, unit: "metric" }), "bottom-right");
+    if (!container.dataset.basemap && container.dataset.land && window.topojson) {
+      fetch(container.dataset.land).then((r) => r.json()).then((topo) => {
+        const land = window.topojson.feature(topo, topo.objects.land);
+        const put = () => map.getSource("land").setData(land);
+        if (map.getSource("land")) put(); else map.once("load", put);
+      });
+    }
     // Cluster counts as HTML labels: no glyph (font) files needed, so nothing to download.
     const labels = [];
     function drawLabels() {
       labels.splice(0).forEach((m) => m.remove());
-      const seen = new Set();
-      for (const f of map.queryRenderedFeatures({ layers: ["clusters"] }).slice(0, 400)) {
+      // Biggest clusters first; a label too close to one already placed is left out.
+      const placed = [];
+      const found = map.queryRenderedFeatures({ layers: ["clusters"] })
+        .filter((f) => f.properties.count > 1)
+        .sort((a, b) => b.properties.count - a.properties.count)
+        .slice(0, 400);
+      for (const f of found) {
         const n = f.properties.count;
-        const key = f.geometry.coordinates.join(",");
-        if (n < 2 || seen.has(key)) continue;
-        seen.add(key);
+        const p = map.project(f.geometry.coordinates);
+        if (placed.some((q) => Math.abs(q.x - p.x) < 26 && Math.abs(q.y - p.y) < 16)) continue;
+        placed.push(p);
         const node = el("div", n >= 10000 ? Math.round(n / 1000) + "k" : n >= 1000 ? (n / 1000).toFixed(1) + "k" : n, "cluster-label");
         labels.push(new maplibregl.Marker({ element: node }).setLngLat(f.geometry.coordinates).addTo(map));
       }
