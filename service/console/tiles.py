@@ -104,7 +104,12 @@ SELECT ST_AsMVT(q, 'fences', {EXTENT}, 'geom') FROM (
                t.env, {EXTENT}, {BUFFER}, true) AS geom,
            g.store_id, g.name, g.kind, g.radius_m
     FROM geofences g, t
-    WHERE (g.location && ST_MakeEnvelope(:w2, :s2, :e2, :n2, 4326)
+    WHERE ((g.location && ST_MakeEnvelope(:w2, :s2, :e2, :n2, 4326)
+            -- each circle by its own radius (in degrees of longitude, the wider axis)
+            AND (NOT :shapes OR g.kind = 'polygon'
+                 OR ST_Expand(g.location, g.radius_m * :deg_per_m
+                              / cos(radians(least(abs(g.lat), 89.0))))
+                    && ST_MakeEnvelope(:w, :s, :e, :nn, 4326)))
            OR g.shape && ST_MakeEnvelope(:w, :s, :e, :nn, 4326)) {{tag}}
 ) q WHERE q.geom IS NOT NULL
 """)
@@ -214,12 +219,14 @@ def pg_tile(
         params["n"] = (1 << z) * CELLS
         stmt = text(_PG_CLUSTERS.text.replace("{tag}", _tag_sql(tag)))
     else:
-        # A circle whose centre lies outside the tile may still reach into it.
-        dlat = _MAX_RADIUS_DEG
+        # A circle whose centre lies outside the tile may still reach into it (drawn as its
+        # shape from SHAPE_MIN_Z); points need only the tile's buffer.
+        shapes = z >= SHAPE_MIN_Z
+        dlat = _MAX_RADIUS_DEG if shapes else (n - s) * BUFFER / EXTENT
         far = min(max(abs(s), abs(n)) + dlat, 89.0)
-        dlng = dlat / math.cos(math.radians(far))
+        dlng = dlat / math.cos(math.radians(far)) if shapes else (e - w) * BUFFER / EXTENT
         params.update(
-            shapes=z >= SHAPE_MIN_Z,
+            shapes=shapes, deg_per_m=1.0 / 111_000 * 1.01,
             w2=w - dlng, e2=e + dlng, s2=max(s - dlat, -90.0), n2=min(n + dlat, 90.0),
         )  # fmt: skip
         stmt = text(_PG_FENCES.text.replace("{tag}", _tag_sql(tag)))
@@ -248,6 +255,8 @@ class FenceColumns:
     shapes: dict[int, Any]  # row -> shapely polygon (lng/lat) of polygon fences
     mx: NDArray[np.float64]
     my: NDArray[np.float64]
+    by_mx: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
+    mx_sorted: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     shape_rows: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
     shape_tree: Any = None  # STRtree over the polygons, in shape_rows order
     tag_masks: dict[str, NDArray[np.bool_]] = field(default_factory=dict)
@@ -285,9 +294,11 @@ def fence_columns(index: Any) -> FenceColumns:
     lng_a = np.asarray(lng, dtype=np.float64)
     mx, my = _mercator(lat_a, lng_a)
     shape_rows = np.fromiter(shapes, dtype=np.intp, count=len(shapes))
+    by_mx = np.argsort(mx, kind="stable")  # a tile's columns of fences are one slice of it
     return FenceColumns(
         store_id, name, kind, tags, lat_a, lng_a, np.asarray(radius, dtype=np.float64),
-        shapes, mx, my, shape_rows, shapely.STRtree([shapes[int(r)] for r in shape_rows]),
+        shapes, mx, my, by_mx, mx[by_mx], shape_rows,
+        shapely.STRtree([shapes[int(r)] for r in shape_rows]),
     )  # fmt: skip
 
 
@@ -319,24 +330,39 @@ def memory_tile(cols: FenceColumns, z: int, x: int, y: int, tag: str | None = No
     """One tile from the in-memory fences, in the same layers as :func:`pg_tile`."""
     check_tile(z, x, y)
     n = float(1 << z)
-    # Tile-local coordinates (0..1 inside the tile, y down).
-    tx = cols.mx * n - x
-    ty = cols.my * n - y
+    w, s, e, north = tile_bounds_lnglat(z, x, y)
+    margin = 0.0 if z <= CLUSTER_MAX_Z else BUFFER / EXTENT
+    metres_per_tile = 2 * math.pi * EARTH_RADIUS_M / n  # at the equator
+    reach = margin
+    if z >= SHAPE_MIN_Z:
+        # A circle reaching in from outside: the largest radius, in tiles at this latitude.
+        far = min(max(abs(s), abs(north)) + _MAX_RADIUS_DEG, 89.0)
+        reach += 10_500 / (metres_per_tile * math.cos(math.radians(far)))
+    lo, hi = np.searchsorted(cols.mx_sorted, [(x - reach) / n, (x + 1 + reach) / n])
+    band = cols.by_mx[lo:hi]  # the fences in this tile's column (and its margin)
+    tx = cols.mx[band] * n - x  # tile-local coordinates: 0..1 inside the tile, y down
+    ty = cols.my[band] * n - y
     if z <= CLUSTER_MAX_Z:
         inside = (tx >= 0) & (tx < 1) & (ty >= 0) & (ty < 1)
-        rows = np.flatnonzero(inside & _tag_mask(cols, tag))
-        return _encode_clusters(cols, rows, tx, ty)
-    w, s, e, north = tile_bounds_lnglat(z, x, y)
-    margin = BUFFER / EXTENT
+        if tag:
+            inside &= cols.tag_mask(tag)[band]
+        return _encode_clusters(cols, band[inside], tx[inside], ty[inside])
+    # Each circle by its own radius (in tiles at its latitude), so only those that reach in.
+    r_tiles = np.zeros(band.size)
     if z >= SHAPE_MIN_Z:
-        # Circles reaching in from outside: widen by the largest radius in tile units.
-        metres_per_tile = 2 * math.pi * EARTH_RADIUS_M * math.cos(math.radians((s + north) / 2)) / n
-        margin += 10_500 / max(metres_per_tile, 1e-9)
-    near = (tx >= -margin) & (tx < 1 + margin) & (ty >= -margin) & (ty < 1 + margin)
+        cos_lat = np.cos(np.radians(np.clip(cols.lat[band], -89.0, 89.0)))
+        r_tiles = np.nan_to_num(cols.radius_m[band]) / (metres_per_tile * cos_lat)
+    m = margin + r_tiles
+    near = (tx >= -m) & (tx < 1 + m) & (ty >= -m) & (ty < 1 + m)
+    if tag:
+        near &= cols.tag_mask(tag)[band]
+    picked = {
+        int(r): (float(a), float(b)) for r, a, b in zip(band[near], tx[near], ty[near], strict=True)
+    }
     hits = cols.shape_tree.query(shapely.box(w, s, e, north), predicate="intersects")
-    polygon_rows = cols.shape_rows[hits].tolist()
-    picked: set[int] = set(np.flatnonzero(near & _tag_mask(cols, tag)).tolist())
-    picked.update(r for r in polygon_rows if _tag_ok(cols, r, tag))
+    for r in cols.shape_rows[hits].tolist():  # polygons as drawn, wherever their point is
+        if _tag_ok(cols, r, tag):
+            picked.setdefault(r, (0.0, 0.0))
     clip = shapely.box(-BUFFER, -BUFFER, EXTENT + BUFFER, EXTENT + BUFFER)
     features = []
     for r in sorted(picked):
@@ -345,7 +371,8 @@ def memory_tile(cols: FenceColumns, z: int, x: int, y: int, tag: str | None = No
         elif z >= SHAPE_MIN_Z:
             geom = _to_tile(_circle(cols.lat[r], cols.lng[r], cols.radius_m[r]), z, x, y)
         else:
-            geom = shapely.Point(tx[r] * EXTENT, ty[r] * EXTENT)
+            px, py = picked[r]
+            geom = shapely.Point(px * EXTENT, py * EXTENT)
         geom = shapely.clip_by_rect(geom, *clip.bounds) if geom.geom_type != "Point" else geom
         if geom.is_empty or (geom.geom_type == "Point" and not clip.covers(geom)):
             continue
@@ -359,10 +386,6 @@ def memory_tile(cols: FenceColumns, z: int, x: int, y: int, tag: str | None = No
     return _encode("fences", features)
 
 
-def _tag_mask(cols: FenceColumns, tag: str | None) -> NDArray[np.bool_] | bool:
-    return cols.tag_mask(tag) if tag else True
-
-
 def _tag_ok(cols: FenceColumns, row: int, tag: str | None) -> bool:
     return not tag or tag in cols.tags[row]
 
@@ -370,13 +393,14 @@ def _tag_ok(cols: FenceColumns, row: int, tag: str | None) -> bool:
 def _encode_clusters(
     cols: FenceColumns, rows: NDArray[np.intp], tx: NDArray[np.float64], ty: NDArray[np.float64]
 ) -> bytes:
+    """Clusters of ``rows`` (with their tile-local coordinates ``tx``, ``ty``)."""
     if rows.size == 0:
         return b""
-    cx = np.minimum((tx[rows] * CELLS).astype(np.int64), CELLS - 1)
-    cy = np.minimum((ty[rows] * CELLS).astype(np.int64), CELLS - 1)
+    cx = np.minimum((tx * CELLS).astype(np.int64), CELLS - 1)
+    cy = np.minimum((ty * CELLS).astype(np.int64), CELLS - 1)
     keys, inverse, counts = np.unique(cy * CELLS + cx, return_inverse=True, return_counts=True)
-    sum_x = np.bincount(inverse, weights=tx[rows], minlength=keys.size)
-    sum_y = np.bincount(inverse, weights=ty[rows], minlength=keys.size)
+    sum_x = np.bincount(inverse, weights=tx, minlength=keys.size)
+    sum_y = np.bincount(inverse, weights=ty, minlength=keys.size)
     first = np.full(keys.size, -1, dtype=np.int64)
     first[inverse[::-1]] = rows[::-1]  # any one row per cell, for single-fence cells
     features = []
