@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
 from service.console.router import build_router
+from service.console.sessions import SessionCache
 from service.console.web import PREFIX, PageError, SignInRequired, secure
 from service.settings import Settings
 
@@ -16,6 +17,8 @@ def mount(app: FastAPI, settings: Settings) -> None:
     """Serve the console at ``/console`` on ``app`` (same services, same process)."""
     router, pages = build_router(settings)
     app.include_router(router)
+    if not settings.sqlalchemy_url().startswith("postgresql"):
+        app.state.console_session_cache = SessionCache(settings.key_cache_s)
 
     async def _sign_in(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, SignInRequired)

@@ -77,7 +77,8 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
     tile_cache: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
     columns = tiles.ColumnsCache()
     cells_built: set[int] = set()  # fence versions whose map cells exist (PostgreSQL)
-    chunk_bytes = max(64 * 1024, min(settings.max_body_bytes - 16 * 1024, 4 * 1024 * 1024))
+    # Upload parts fit under the body limit with room for the request's other bytes.
+    chunk_bytes = max(1024, min(settings.max_body_bytes - 8 * 1024, 4 * 1024 * 1024))
 
     def is_https(request: Request) -> bool:
         return request.url.scheme == "https"
@@ -145,6 +146,9 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
     @router.post("/sign-out")
     async def sign_out(request: Request, session: PageCsrf) -> Response:
         await anyio.to_thread.run_sync(close_session, _state(request).engine, session.id_hash)
+        cache = getattr(_state(request), "console_session_cache", None)
+        if cache is not None:
+            cache.drop(session.id_hash)
         response = RedirectResponse(f"{PREFIX}/sign-in?signed_out=1", 303)
         response.delete_cookie(
             COOKIE, path=PREFIX, httponly=True, samesite="strict", secure=is_https(request)

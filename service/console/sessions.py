@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +21,7 @@ from sqlalchemy import Engine
 from service.auth import KeyCache, Role, hash_key
 from service.console import repository as repo
 from service.errors import Forbidden, Unauthorized
+from service.timeutil import aware
 
 COOKIE = "go_console"
 LOGIN_COOKIE = "go_console_login"  # double-submit token of the sign-in form
@@ -79,7 +82,41 @@ def find_session(engine: Engine, session_id: str) -> ConsoleSession | None:
         row = repo.live_session(conn, _hash(session_id), datetime.now(UTC))
     if row is None:
         return None
-    return ConsoleSession(row.id_hash, csrf_token(session_id), row.expires_at)
+    return ConsoleSession(row.id_hash, csrf_token(session_id), aware(row.expires_at))
+
+
+class SessionCache:
+    """Sessions found recently, kept ``ttl_s`` — for the embedded default only.
+
+    On SQLite every transaction takes the one write lock, so during a long import each
+    console request would wait for it just to read its session; the embedded default is one
+    process, so its cache knows every sign-out at once (a key revoked from another process
+    is noticed within ``ttl_s``, as API keys are). PostgreSQL reads the table every time,
+    so a sign-out ends the session on every replica at once.
+    """
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl = ttl_s
+        self._hits: dict[str, tuple[ConsoleSession, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> ConsoleSession | None:
+        with self._lock:
+            hit = self._hits.get(session_id)
+        if hit is None or hit[1] < time.monotonic() or hit[0].expires_at <= datetime.now(UTC):
+            return None
+        return hit[0]
+
+    def put(self, session_id: str, session: ConsoleSession) -> None:
+        with self._lock:
+            if len(self._hits) > 10_000:
+                self._hits.clear()
+            self._hits[session_id] = (session, time.monotonic() + self._ttl)
+
+    def drop(self, id_hash: str) -> None:
+        with self._lock:
+            for key in [k for k, (s, _) in self._hits.items() if s.id_hash == id_hash]:
+                del self._hits[key]
 
 
 def close_session(engine: Engine, id_hash: str) -> None:

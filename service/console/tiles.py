@@ -18,6 +18,7 @@ On the embedded default it comes from the replica's in-memory index through
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -318,12 +319,14 @@ class ColumnsCache:
     def __init__(self) -> None:
         self._index: Any = None
         self._columns: FenceColumns | None = None
+        self._lock = threading.Lock()  # tiles are drawn in worker threads
 
     def get(self, index: Any) -> FenceColumns:
-        if index is not self._index or self._columns is None:
-            self._columns = fence_columns(index)
-            self._index = index
-        return self._columns
+        with self._lock:
+            if index is not self._index or self._columns is None:
+                self._columns = fence_columns(index)
+                self._index = index
+            return self._columns
 
 
 def memory_tile(cols: FenceColumns, z: int, x: int, y: int, tag: str | None = None) -> bytes:

@@ -31,9 +31,10 @@ KINDS: tuple[Kind, ...] = ("geofences", "campaigns")
 CAMPAIGN_FILE_MAX = 16 * 1024 * 1024  # campaign files are read whole (import_campaigns)
 KEEP_UPLOADS = timedelta(days=1)
 
-# Bytes read by a running check or apply, per upload (this process); the database's copy
-# serves the other replicas on PostgreSQL.
-_progress: dict[str, int] = {}
+# Bytes read by a running check or apply, per upload: (session hash, bytes, size), in this
+# process; the database's copy serves the other replicas on PostgreSQL. Read without the
+# database: on SQLite the running import holds the one write lock every transaction takes.
+_progress: dict[str, tuple[str, int, int]] = {}
 _progress_lock = threading.Lock()
 
 
@@ -122,11 +123,13 @@ def _spool(engine: Engine, upload_id: str, seqs: list[int]) -> BinaryIO:
 
 
 def progress(engine: Engine, session_hash: str, upload_id: str) -> dict[str, int]:
+    with _progress_lock:
+        running = _progress.get(upload_id)
+    if running is not None and running[0] == session_hash:
+        return {"done": running[1], "size": running[2]}
     with engine.connect() as conn:
         upload = _get(conn, upload_id, session_hash)
-    with _progress_lock:
-        done = _progress.get(upload_id)
-    return {"done": int(upload.progress if done is None else done), "size": int(upload.size)}
+    return {"done": int(upload.progress), "size": int(upload.size)}
 
 
 def run(
@@ -161,7 +164,7 @@ def run(
         )
     started = time.perf_counter()
     spool = _spool(engine, upload_id, [s for s, _ in sizes])
-    reader = CountingReader(spool, _Reporter(engine, upload_id))
+    reader = CountingReader(spool, _Reporter(engine, upload_id, session_hash, int(upload.size)))
     try:
         if upload.kind == "campaigns":
             out = import_campaigns(engine, reader.readall(), upload.filename, dry_run=not apply)
@@ -195,15 +198,17 @@ class _Reporter:
     """Records the bytes read: in this process always, in the database on PostgreSQL (on
     SQLite the import's transaction holds the one write lock; one process serves anyway)."""
 
-    def __init__(self, engine: Engine, upload_id: str) -> None:
+    def __init__(self, engine: Engine, upload_id: str, session_hash: str, size: int) -> None:
         self._engine = engine
         self._upload_id = upload_id
+        self._session_hash = session_hash
+        self._size = size
         self._to_db = engine.dialect.name == "postgresql"
         self._last = 0.0
 
     def __call__(self, done: int) -> None:
         with _progress_lock:
-            _progress[self._upload_id] = done
+            _progress[self._upload_id] = (self._session_hash, done, self._size)
         now = time.monotonic()
         if self._to_db and now - self._last >= 0.5:
             self._last = now

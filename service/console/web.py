@@ -21,7 +21,13 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from service.console.sessions import COOKIE, ConsoleSession, find_session, same_token
+from service.console.sessions import (
+    COOKIE,
+    ConsoleSession,
+    SessionCache,
+    find_session,
+    same_token,
+)
 from service.errors import DomainError, Forbidden, Unauthorized
 from service.settings import Settings
 
@@ -192,8 +198,13 @@ async def _session(request: Request) -> ConsoleSession | None:
         return cached
     cookie = request.cookies.get(COOKIE, "")
     found = None
+    cache: SessionCache | None = getattr(request.app.state, "console_session_cache", None)
     if cookie:
-        found = await anyio.to_thread.run_sync(find_session, request.app.state.engine, cookie)
+        found = cache.get(cookie) if cache is not None else None
+        if found is None:
+            found = await anyio.to_thread.run_sync(find_session, request.app.state.engine, cookie)
+            if found is not None and cache is not None:
+                cache.put(cookie, found)
     request.state.console_session = found
     return found
 
