@@ -126,7 +126,7 @@ def content_security_policy(settings: Settings) -> str:
     return (
         "default-src 'self'; script-src 'self'; style-src 'self'; "
         f"img-src 'self' data: blob:{tiles}; connect-src 'self'{tiles}; "
-        "worker-src 'self' blob:; font-src 'self'; object-src 'none'; base-uri 'none'; "
+        "worker-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
         "form-action 'self'; frame-ancestors 'none'"
     )
 

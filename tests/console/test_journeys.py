@@ -348,7 +348,7 @@ def test_ask_why_a_user_got_no_offer_then_read_the_report(page: Page, server: Se
     assert r.status_code == 200, r.text
     r = httpx.post(
         f"{server.url}/v1/users/ann/events",
-        json={"type": "purchase", "occurred_at": iso(ago(1))},
+        json={"type": "purchase", "occurred_at": iso(ago(0))},  # after the exposure
         headers=server.headers(Role.server),
     )
     assert r.status_code == 201, r.text
