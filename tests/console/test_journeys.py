@@ -283,6 +283,8 @@ def test_pause_and_resume_a_campaign(page: Page, server: Server) -> None:
     page.click("nav >> text=Campaigns")
     row = page.locator("tr", has_text="Welcome treat")
     expect(row.locator(".badge")).to_have_text("active")
+    # Readable at 1280 px: the whole table fits, no sideways scrolling.
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     expect(row).to_contain_text("1 per 7d")
     row.get_by_role("button", name="Pause Welcome treat").click()
     expect(page.get_by_role("status")).to_have_text("Campaign welcome is now paused.")
@@ -427,3 +429,50 @@ def test_csrf_token_required_for_changes(page: Page, server: Server) -> None:
     assert statuses[3] in (0, 303), statuses  # manual redirect: an opaque redirect answer
     r = httpx.get(f"{server.url}/v1/campaigns/winback", headers=server.headers(Role.admin))
     assert r.json()["status"] == "active"
+
+
+def test_keyboard_only(page: Page, server: Server) -> None:
+    """Navigation, the file drop and the campaign buttons work without a mouse."""
+    sign_in(page, server.url, server.keys[Role.admin])
+
+    def tab_to(text: str, limit: int = 40) -> None:
+        name = """() => {
+            const el = document.activeElement;
+            const label = el.labels && el.labels.length ? el.labels[0] : el;
+            return label.textContent.replace(/\\s+/g, " ").trim();
+        }"""
+        for _ in range(limit):
+            page.keyboard.press("Tab")
+            if page.evaluate(name).startswith(text):
+                return
+        raise AssertionError(f"{text!r} cannot be reached with Tab")
+
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Skip to content"
+    tab_to("Imports")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{server.url}/console/imports")
+    page.wait_for_load_state("load")  # the page's script is listening
+    tab_to("Drop a file here or press to choose one")  # the drop zone's file input
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(
+        files=[
+            {
+                "name": "k.csv",
+                "mimeType": "text/csv",
+                "buffer": b"store_id,name,lat,lng\nk-1,Keys,41.2,-73.4\n",
+            }
+        ]
+    )
+    expect(page.locator("#n-created")).to_have_text("1")
+    page.focus("#apply")
+    page.keyboard.press("Enter")
+    expect(page.locator("#result-title")).to_have_text("Applied: k.csv")
+    page.goto(f"{server.url}/console/campaigns")
+    tab_to("Pause")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("is now paused")
+    tab_to("Resume")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("is now active")

@@ -24,8 +24,8 @@
   document.querySelectorAll('input[name="kind"]').forEach((r) => r.addEventListener("change", syncMode));
   syncMode();
 
-  drop.addEventListener("click", () => input.click());
-  drop.addEventListener("keydown", (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); input.click(); } });
+  // The drop zone is the file input's label: a click, or Enter / Space on the (visually
+  // hidden, focusable) input, opens the browser's own file chooser.
   drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (ev) => {
@@ -34,7 +34,7 @@
   });
   input.addEventListener("change", () => { if (input.files.length) start(input.files[0]); input.value = ""; });
   document.getElementById("again").addEventListener("click", () => {
-    result.hidden = true; upload = null; say(""); drop.focus();
+    result.hidden = true; upload = null; say(""); input.focus();
   });
 
   async function start(file) {
