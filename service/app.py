@@ -201,6 +201,10 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
     app.include_router(campaigns_router, responses=error_responses(*keyed, 404))
     app.include_router(users_router, responses=error_responses(*keyed, 404))
     app.include_router(redemptions_router, responses=error_responses(*keyed, 404, 409, 410))
+    if settings.console:
+        from service.console import mount as mount_console
+
+        mount_console(app, settings)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -138,7 +138,22 @@ class Settings(BaseSettings):
         default=20, ge=1, description="Pings one device may send at once before the rate applies."
     )
 
-    @field_validator("database_url", "redis_url")
+    console: bool = Field(
+        default=True, description="Serve the marketer console at /console (DESIGN §9)."
+    )
+    console_session_ttl_s: float = Field(
+        default=8 * 3600.0, gt=0, description="A console sign-in lasts this long (absolute)."
+    )
+    console_basemap_url: str | None = Field(
+        default=None,
+        description="Raster tile URL template ({z}/{x}/{y}) drawn under the console's map; "
+        "unset = fences on a plain background (works offline).",
+    )
+    console_basemap_attribution: str = Field(
+        default="", description="Attribution text shown with the base map tiles."
+    )
+
+    @field_validator("database_url", "redis_url", "console_basemap_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None

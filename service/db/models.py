@@ -12,7 +12,17 @@ from datetime import datetime
 from typing import Any
 
 from geoalchemy2 import Geometry
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Integer, String, Text, func
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -207,3 +217,61 @@ class ErasureRow(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ConsoleSession(Base):
+    """A marketer's console sign-in; only a hash of the cookie's session id is stored, so
+    every replica knows the session and a leaked table row cannot be replayed."""
+
+    __tablename__ = "console_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32))  # the admin key signed in with
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleUpload(Base):
+    """A file dropped in the console, staged in chunks until it is checked and applied."""
+
+    __tablename__ = "console_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # geofences | campaigns
+    filename: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    progress: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes read by a check
+
+
+class ConsoleFenceCell(Base):
+    """Fences counted per grid cell for one fence version: the console map's zoomed-out
+    tiles on PostgreSQL read these instead of aggregating the whole table on every miss."""
+
+    __tablename__ = "console_fence_cells"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    cx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cy: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+    lng: Mapped[float] = mapped_column(Float)  # mean store point of the cell's fences
+    lat: Mapped[float] = mapped_column(Float)
+    store_id: Mapped[str] = mapped_column(String(128))  # the one store of a cell with n = 1
+
+
+class ConsoleFenceCellVersion(Base):
+    """The fence versions whose cells are complete in ``console_fence_cells``."""
+
+    __tablename__ = "console_fence_cell_versions"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleUploadChunk(Base):
+    __tablename__ = "console_upload_chunks"
+
+    upload_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
