@@ -21,6 +21,7 @@ from service.campaigns.service import CampaignHolder
 from service.caps.base import CapUnavailable
 from service.caps.memory import MemoryCapStore
 from service.caps.redis_caps import RedisCapStore
+from service.console.router import mount as mount_console
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
 from service.fences.live import IndexHolder
@@ -202,8 +203,6 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
     app.include_router(users_router, responses=error_responses(*keyed, 404))
     app.include_router(redemptions_router, responses=error_responses(*keyed, 404, 409, 410))
     if settings.console:
-        from service.console import mount as mount_console
-
         mount_console(app, settings)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")

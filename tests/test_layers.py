@@ -9,8 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ("fastapi", "starlette")
-# The edge: the app, its routers, the HTTP package and the response class they share.
-EDGE = {"service/app.py", "service/responses.py"}
+# The edge: the app, its routers, the HTTP package, the response class they share and the
+# console's HTTP plumbing (templates, cookies, security headers).
+EDGE = {"service/app.py", "service/responses.py", "service/console/web.py"}
 
 
 def _is_edge(rel: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import anyio.to_thread
-from fastapi import APIRouter, Body, Form, Query, Request
+from fastapi import APIRouter, Body, FastAPI, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
@@ -26,6 +26,7 @@ from service.console.charts import Series, daily_bars
 from service.console.sessions import (
     COOKIE,
     LOGIN_COOKIE,
+    SessionCache,
     check_admin_key,
     close_session,
     open_session,
@@ -40,6 +41,7 @@ from service.console.web import (
     PageError,
     Pages,
     PageSession,
+    SignInRequired,
     check_origin,
     duration,
     secure,
@@ -327,6 +329,7 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
                 lambda: uploads.run(
                     state.engine, session_hash, upload_id, apply=apply, mode=body.mode,
                     on_error=body.on_error, max_details=settings.import_max_error_details,
+                    delta_max=settings.index_delta_max, log_keep_s=settings.index_log_keep_s,
                 )
             )  # fmt: skip
         except InvalidFile as exc:
@@ -338,7 +341,7 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
             )
         if apply:
             if result["kind"] == "geofences":
-                await state.index_holder.refresh(urgent=True)
+                await state.index_holder.wait_for(result["version"])
             else:
                 await state.campaign_holder.refresh()
         return JSONResponse(result)
@@ -535,3 +538,23 @@ def _campaign_row(item: dict[str, Any], issued_today: int | None) -> dict[str, A
         "priority": doc.get("priority", 0),
         "issued_today": issued_today,
     }
+
+
+def mount(app: FastAPI, settings: Settings) -> None:
+    """Serve the console at ``/console`` on ``app`` (same services, same process)."""
+    router, pages = build_router(settings)
+    app.include_router(router)
+    if not settings.sqlalchemy_url().startswith("postgresql"):
+        app.state.console_session_cache = SessionCache(settings.key_cache_s)
+
+    async def _sign_in(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, SignInRequired)
+        target = f"{PREFIX}/sign-in?next={quote(exc.next_path, safe='/')}"
+        return secure(RedirectResponse(target, 303), settings)
+
+    async def _page_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PageError)
+        return pages.render("error.html", request, None, exc.status_code, message=exc.message)
+
+    app.add_exception_handler(SignInRequired, _sign_in)
+    app.add_exception_handler(PageError, _page_error)

@@ -141,6 +141,8 @@ def run(
     mode: str = "upsert",
     on_error: str = "abort",
     max_details: int = 1000,
+    delta_max: int = 10_000,
+    log_keep_s: float = 86_400.0,
 ) -> dict[str, Any]:
     """Check (``apply=False``: a dry run) or apply a complete upload.
 
@@ -163,25 +165,30 @@ def run(
             [{"field": "file", "reason": "incomplete upload"}],
         )
     started = time.perf_counter()
-    spool = _spool(engine, upload_id, [s for s, _ in sizes])
-    reader = CountingReader(spool, _Reporter(engine, upload_id, session_hash, int(upload.size)))
+    with _progress_lock:  # from now on progress is read here, not from the database
+        _progress[upload_id] = (session_hash, 0, int(upload.size))
     try:
-        if upload.kind == "campaigns":
-            out = import_campaigns(engine, reader.readall(), upload.filename, dry_run=not apply)
-            result: dict[str, Any] = {**out, "errors": []}
-        else:
-            res = import_fences(
-                engine,
-                io.BufferedReader(reader, buffer_size=256 * 1024),
-                upload.filename,
-                mode=mode,  # type: ignore[arg-type]
-                dry_run=not apply,
-                on_error="skip" if not apply else on_error,  # type: ignore[arg-type]
-                max_details=max_details,
-            )
-            result = res.to_dict()
+        with _spool(engine, upload_id, [s for s, _ in sizes]) as spool:
+            reporter = _Reporter(engine, upload_id, session_hash, int(upload.size))
+            reader = CountingReader(spool, reporter)
+            if upload.kind == "campaigns":
+                data = reader.readall()
+                out = import_campaigns(engine, data, upload.filename, dry_run=not apply)
+                result: dict[str, Any] = {**out, "errors": []}
+            else:
+                res = import_fences(
+                    engine,
+                    io.BufferedReader(reader, buffer_size=256 * 1024),
+                    upload.filename,
+                    mode=mode,  # type: ignore[arg-type]
+                    dry_run=not apply,
+                    on_error="skip" if not apply else on_error,  # type: ignore[arg-type]
+                    max_details=max_details,
+                    delta_max=delta_max,
+                    log_keep_s=log_keep_s,
+                )
+                result = res.to_dict()
     finally:
-        spool.close()
         with _progress_lock:
             _progress.pop(upload_id, None)
     if apply:

@@ -295,10 +295,12 @@ def test_a_large_overlay_is_compacted_into_a_new_base(engine: Engine, tmp_path: 
     import_fences(engine, io.BytesIO(_csv(_grid(40))), "s.csv")
 
     async def run() -> IndexHolder:
-        holder = IndexHolder(engine, tmp_path / "idx", compact_at=5)
+        # A delta of 3 moved stores is an overlay of 6 (3 hidden base rows, 3 new fences):
+        # past compact_at=8 only after the second delta, so the new base is at version 3+.
+        holder = IndexHolder(engine, tmp_path / "idx", compact_at=8)
         await holder.refresh()
         first = holder.index.base  # type: ignore[union-attr]
-        for i in range(3):  # 3 deltas of 3 moved stores: past compact_at after the second
+        for i in range(3):
             rows = [(f"s{3 * i + j}", 41.0 + i * 0.01, -74.0 + j * 0.01, 45.72) for j in range(3)]
             await asyncio.to_thread(import_fences, engine, io.BytesIO(_csv(rows)), "c.csv")
             await holder.refresh()
