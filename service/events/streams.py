@@ -209,6 +209,16 @@ class EventStreams:
         died) left unacknowledged for ``claim_idle_ms`` are taken over. A crash before the
         XACK imports entries again; their ids make that a no-op."""
         keys = [self.layout.inbox_key(n) for n in range(self.layout.partitions)]
+        moved, no_group = await self._import_pass(engine, blocking, keys, limit, reclaim)
+        created = await self._create_groups(no_group) if no_group else []
+        if created:  # inboxes the script has just created: read them now, not next poll
+            more, _ = await self._import_pass(engine, blocking, created, limit, False)
+            moved += more
+        return moved
+
+    async def _import_pass(
+        self, engine: Engine, blocking: Blocking, keys: list[str], limit: int, reclaim: bool
+    ) -> tuple[int, list[str]]:
         pipe = self._pipeline()
         for key in keys:
             start = "0" if key in self._unacked else ">"
@@ -217,9 +227,7 @@ class EventStreams:
         moved = 0
         no_group = []
         for key, reply in zip(keys, replies, strict=True):
-            if isinstance(reply, ResponseError):
-                if "NOGROUP" not in str(reply):
-                    raise reply
+            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
                 no_group.append(key)
                 continue
             if isinstance(reply, BaseException):
@@ -236,21 +244,22 @@ class EventStreams:
                 self._unacked.discard(key)
             elif key in self._unacked:
                 self._unacked.discard(key)  # nothing left of ours: back to new entries
-        if no_group:
-            await self._create_groups(no_group)
-        return moved
+        return moved, no_group
 
-    async def _create_groups(self, keys: list[str]) -> None:
+    async def _create_groups(self, keys: list[str]) -> list[str]:
         """Groups start at the stream's first entry, so nothing XADDed before is missed. An
-        inbox that does not exist yet has nothing to read (it appears with its first entry)."""
+        inbox that does not exist yet has nothing to read (it appears with its first entry).
+        Returns the keys that have a group now."""
         pipe = self._pipeline()
         for key in keys:
             pipe.xgroup_create(key, INBOX_GROUP, id="0")
-        for reply in await pipe.execute(raise_on_error=False):
-            if isinstance(reply, BaseException) and not (
-                "BUSYGROUP" in str(reply) or "requires the key to exist" in str(reply)
-            ):
+        ready = []
+        for key, reply in zip(keys, await pipe.execute(raise_on_error=False), strict=True):
+            if not isinstance(reply, BaseException) or "BUSYGROUP" in str(reply):
+                ready.append(key)
+            elif "requires the key to exist" not in str(reply):
                 raise reply
+        return ready
 
     async def _import(
         self, engine: Engine, blocking: Blocking, key: str, entries: list[Any]
