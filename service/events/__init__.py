@@ -1,6 +1,12 @@
 """Event export (DESIGN §10): the event log, its relays to webhooks and Redis Streams."""
 
-from service.events.log import insert_sql, record, redact_user, store_tags
+from service.events.log import (
+    insert_sql,
+    record,
+    record_user_erased,
+    redact_user,
+    store_tags,
+)
 from service.events.types import (
     Event,
     EventType,
@@ -10,6 +16,7 @@ from service.events.types import (
     offer_redeemed,
     user_erased,
     visit_event,
+    visit_events,
 )
 
 __all__ = [
@@ -21,8 +28,10 @@ __all__ = [
     "offer_issued",
     "offer_redeemed",
     "record",
+    "record_user_erased",
     "redact_user",
     "store_tags",
     "user_erased",
     "visit_event",
+    "visit_events",
 ]

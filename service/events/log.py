@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Table, delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.models import EventRow, Geofence, WebhookDeliveryRow
-from service.events.types import Event, EventType
+from service.events.types import Event, EventType, user_erased
 from service.timeutil import aware
 
 EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
@@ -130,6 +130,17 @@ def redact_user(conn: Connection, user_id: str, device_ids: Iterable[str] = ()) 
             .values(data=clean, user_id=None, partition_key="")
         )
     return len(rows)
+
+
+def record_user_erased(
+    conn: Connection, *, user_id: str, erasure_id: str, device_ids: Iterable[str], at: datetime
+) -> Event:
+    """The erasure's part of the log, in its transaction: the user's events redacted and
+    ``user.erased`` recorded (once per ``erasure_id``)."""
+    redact_user(conn, user_id, device_ids)
+    event = user_erased(user_id=user_id, erasure_id=erasure_id, occurred_at=at)
+    record(conn, [event])
+    return event
 
 
 def prune(conn: Connection, before: datetime, *, streams: bool, limit: int = 5000) -> int:

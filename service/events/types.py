@@ -19,7 +19,7 @@ True
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -132,6 +132,33 @@ def visit_event(
         data,
         _tags(store_tags),
     )
+
+
+def visit_events(
+    steps: Iterable[Any],
+    *,
+    device_id: str,
+    user_id: str | None,
+    ping_key: str,
+    occurred_at: datetime,
+    tags_of: Callable[[str], Iterable[str]] = lambda _store: (),
+) -> list[Event]:
+    """The visit events of one ping's state step: ``steps`` are its
+    :class:`geofences.visits.VisitEvent` s (``type``, ``store_id``, ``dwell_s``);
+    ``tags_of(store_id)`` gives a store's tags (e.g. from the fence index)."""
+    return [
+        visit_event(
+            v.type,
+            device_id=device_id,
+            user_id=user_id,
+            store_id=v.store_id,
+            ping_key=ping_key,
+            occurred_at=occurred_at,
+            store_tags=tags_of(v.store_id),
+            dwell_s=v.dwell_s,
+        )
+        for v in steps
+    ]
 
 
 def offer_issued(

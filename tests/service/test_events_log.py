@@ -22,6 +22,7 @@ from service.events.types import (
     offer_redeemed,
     user_erased,
     visit_event,
+    visit_events,
 )
 from service.settings import Settings
 from service.webhooks import repository as wrepo
@@ -51,14 +52,24 @@ def all_types() -> list:
         visit("exit"),
         issued(),
         offer_held_out(
-            campaign_id="c-1", store_id="s-1", device_id="dev-1", user_id="u-1",
-            ping_key="p-2", occurred_at=T0,
-        ),  # fmt: skip
+            campaign_id="c-1",
+            store_id="s-1",
+            device_id="dev-1",
+            user_id="u-1",
+            ping_key="p-2",
+            occurred_at=T0,
+        ),
         offer_redeemed(
-            offer_id="o-1", campaign_id="c-1", coupon_code="LATTE-X", store_id="s-1",
-            device_id="dev-1", user_id="u-1", amount=4.5, redeemed_store_id="s-2",
+            offer_id="o-1",
+            campaign_id="c-1",
+            coupon_code="LATTE-X",
+            store_id="s-1",
+            device_id="dev-1",
+            user_id="u-1",
+            amount=4.5,
+            redeemed_store_id="s-2",
             redeemed_at=T0,
-        ),  # fmt: skip
+        ),
         user_erased(user_id="u-1", erasure_id="er-1", occurred_at=T0),
     ]
 
@@ -73,8 +84,12 @@ def test_ids_are_stable_per_source_and_distinct_across_sources() -> None:
     assert len({e.id for e in events}) == len(events)
     assert {e.type for e in events} == set(EventType)
     # Parts cannot run into each other: ("ab", "c") is not ("a", "bc").
-    a = visit_event("enter", device_id="ab", user_id=None, store_id="s", ping_key="c", occurred_at=T0)
-    b = visit_event("enter", device_id="a", user_id=None, store_id="s", ping_key="bc", occurred_at=T0)
+    a = visit_event(
+        "enter", device_id="ab", user_id=None, store_id="s", ping_key="c", occurred_at=T0
+    )
+    b = visit_event(
+        "enter", device_id="a", user_id=None, store_id="s", ping_key="bc", occurred_at=T0
+    )
     assert a.id != b.id
 
 
@@ -122,7 +137,7 @@ def stored(engine: Engine) -> list:
 def test_record_in_the_callers_transaction_once_per_id(engine: Engine) -> None:
     events = all_types()
     with engine.begin() as conn:
-        event_log.record(conn, events + [visit()])  # a repeat inside one batch
+        event_log.record(conn, [*events, visit()])  # a repeat inside one batch
     with engine.begin() as conn:
         event_log.record(conn, events)  # a retried source: nothing new
     rows = stored(engine)
@@ -139,9 +154,11 @@ def test_record_in_the_callers_transaction_once_per_id(engine: Engine) -> None:
     assert len(stored(engine)) == len(events)
 
 
-def test_async_psycopg_batch_records_the_same_rows(pg_settings: Settings, pg_engine: Engine) -> None:
+def test_async_psycopg_batch_records_the_same_rows(
+    pg_settings: Settings, pg_engine: Engine
+) -> None:
     events = all_types()
-    sql, params = event_log.insert_sql(events + [issued()])
+    sql, params = event_log.insert_sql([*events, issued()])
     assert sql.count("%s") == len(params) == len(events) * len(event_log.COLUMNS)
     assert event_log.insert_sql([]) == ("", [])
 
@@ -231,3 +248,32 @@ def test_prune_keeps_what_is_not_fully_handled(engine: Engine) -> None:
     with engine.begin() as conn:
         assert event_log.prune(conn, later, streams=False) == 1, "no streams: streamed moot"
     assert {r.id for r in stored(engine)} == {events[2].id, events[3].id}
+
+
+def test_erasure_and_visit_helpers(engine: Engine) -> None:
+    from geofences.visits import VisitEvent
+
+    steps = [VisitEvent("enter", "s-1"), VisitEvent("dwell", "s-2", dwell_s=300.0)]
+    made = visit_events(
+        steps, device_id="dev-1", user_id="u-1", ping_key="p-7", occurred_at=T0,
+        tags_of={"s-1": ["a"], "s-2": ["b"]}.__getitem__,
+    )  # fmt: skip
+    assert [e.type.value for e in made] == ["visit.entered", "visit.dwelled"]
+    assert made[0] == visit_event("enter", device_id="dev-1", user_id="u-1", store_id="s-1",
+                                  ping_key="p-7", occurred_at=T0, store_tags=["a"])  # fmt: skip
+    assert made[1].data["dwell_s"] == 300.0 and made[1].store_tags == ("b",)
+    with engine.begin() as conn:
+        event_log.record(conn, made)
+        erased = event_log.record_user_erased(
+            conn, user_id="u-1", erasure_id="er-9", device_ids=["dev-1"], at=T0
+        )
+        again = event_log.record_user_erased(
+            conn, user_id="u-1", erasure_id="er-9", device_ids=["dev-1"], at=T0
+        )
+    assert erased == again
+    rows = stored(engine)
+    assert [r.type for r in rows] == ["visit.entered", "visit.dwelled", "user.erased"]
+    assert rows[0].data["user_id"] is None and rows[2].data == {
+        "user_id": "u-1",
+        "erasure_id": "er-9",
+    }
