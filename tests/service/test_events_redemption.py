@@ -13,10 +13,14 @@ from service.events.types import EventType, event_id
 from service.offers import repository as offers_repo
 from tests.service.conftest import Api
 
-STORES = b"store_id,name,lat,lng,radius_m,tags\nnyc-1,Flatiron,40.74172,-73.98964,50,downtown;cafe\n"
+STORES = (
+    b"store_id,name,lat,lng,radius_m,tags\nnyc-1,Flatiron,40.74172,-73.98964,50,downtown;cafe\n"
+)
 
 
-def add_offer(api: Api, offer_id: str, code: str, *, expired: bool = False, user: str = "u-1") -> None:
+def add_offer(
+    api: Api, offer_id: str, code: str, *, expired: bool = False, user: str = "u-1"
+) -> None:
     now = datetime.now(UTC)
     row: dict[str, Any] = {
         "offer_id": offer_id, "campaign_id": "latte", "user_key": user, "device_id": "dev-1",
@@ -36,7 +40,9 @@ def events(api: Api) -> list[Any]:
 
 def test_redemption_records_one_offer_redeemed_event(any_api: Api) -> None:
     api = any_api
-    r = api.client.post("/v1/geofences/import", files={"file": ("s.csv", STORES)}, headers=api.admin)
+    r = api.client.post(
+        "/v1/geofences/import", files={"file": ("s.csv", STORES)}, headers=api.admin
+    )
     assert r.status_code == 200, r.text
     add_offer(api, "o-1", "LATTE-AAAA")
     add_offer(api, "o-2", "LATTE-BBBB", expired=True)
@@ -50,12 +56,18 @@ def test_redemption_records_one_offer_redeemed_event(any_api: Api) -> None:
     assert again.json() == first.json(), "an Idempotency-Key replay"
     twice = api.client.post("/v1/redemptions", json=body, headers=api.server)
     assert twice.status_code == 409
-    assert api.client.post(
-        "/v1/redemptions", json={"coupon_code": "LATTE-BBBB"}, headers=api.server
-    ).status_code == 410
-    assert api.client.post(
-        "/v1/redemptions", json={"coupon_code": "LATTE-CCCC"}, headers=api.server
-    ).status_code == 200
+    assert (
+        api.client.post(
+            "/v1/redemptions", json={"coupon_code": "LATTE-BBBB"}, headers=api.server
+        ).status_code
+        == 410
+    )
+    assert (
+        api.client.post(
+            "/v1/redemptions", json={"coupon_code": "LATTE-CCCC"}, headers=api.server
+        ).status_code
+        == 200
+    )
 
     rows = events(api)
     assert [r.type for r in rows] == ["offer.redeemed", "offer.redeemed"], "none for 409/410"
