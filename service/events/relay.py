@@ -43,6 +43,7 @@ BATCH = 500
 GAUGE_PERIOD_S = 5.0
 PRUNE_PERIOD_S = 600.0
 RECLAIM_EVERY = 10  # inbox polls between two reclaims of entries a dead consumer left
+STOP_TIMEOUT_S = 10.0  # a job's database call in progress finishes within its own timeouts
 
 
 def consumer_name() -> str:
@@ -71,6 +72,7 @@ class EventRelay:
         self._attempts = attempt_settings(settings)
         self._limiter = anyio.CapacityLimiter(4)
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self._imports = 0
 
     async def blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -86,16 +88,20 @@ class EventRelay:
         ]
         if self.streams is not None:
             jobs += [("stream relay", poll, self.relay_streams), ("inbox", poll, self.import_inbox)]
+        self._stopping.clear()
         self._tasks = [
-            asyncio.create_task(_every(name, period, job), name=name) for name, period, job in jobs
+            asyncio.create_task(_every(name, period, job, self._stopping), name=name)
+            for name, period, job in jobs
         ]
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: a cancellation that lands while a job waits for
+        # its thread is absorbed by anyio's shielded wait, and the loop must end anyway.
+        self._stopping.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
         self._tasks = []
         for worker in list(self.workers.values()):
             await worker.stop()
@@ -171,11 +177,13 @@ class EventRelay:
                 return total
 
 
-async def _every(name: str, period_s: float, job: Callable[[], Awaitable[Any]]) -> None:
-    """Run ``job`` every ``period_s`` for ever; a failure is logged (once a minute while it
-    lasts) and the job tried again next period."""
+async def _every(
+    name: str, period_s: float, job: Callable[[], Awaitable[Any]], stopping: asyncio.Event
+) -> None:
+    """Run ``job`` every ``period_s`` until ``stopping`` is set; a failure is logged (once a
+    minute while it lasts) and the job tried again next period."""
     last_logged = 0.0
-    while True:
+    while not stopping.is_set():
         try:
             await job()
         except asyncio.CancelledError:
@@ -185,7 +193,9 @@ async def _every(name: str, period_s: float, job: Callable[[], Awaitable[Any]]) 
             if now - last_logged > 60:
                 log.warning("%s failed; retrying every %.1f s", name, period_s, exc_info=True)
                 last_logged = now
-        await asyncio.sleep(period_s)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(period_s):
+                await stopping.wait()
 
 
 def _fan_out(engine: Engine, limit: int) -> tuple[list[str], dict[str, int]]:

@@ -34,7 +34,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from service.events import log as event_log
 from service.events import metrics
@@ -175,15 +175,19 @@ class EventStreams:
     # -- the event log → the public streams --------------------------------------------
 
     async def relay(self, engine: Engine, blocking: Blocking, limit: int = 500) -> int:
-        """XADD up to ``limit`` events not streamed yet, then mark them streamed. The rows
-        stay locked (SKIP LOCKED) while Redis is written, so two replicas never relay the
-        same events together; a crash between the XADD and the commit relays them again."""
+        """XADD up to ``limit`` events not streamed yet, then mark them streamed. On
+        PostgreSQL one replica relays at a time (a transaction-scoped advisory lock held
+        while Redis is written; no row locks, so the webhook fan-out never waits for Redis);
+        a crash between the XADD and the commit relays the events again, same ids."""
         conn: Connection = await blocking(engine.connect)
         try:
             rows = await blocking(_unstreamed, conn, limit)
             if not rows:
                 await blocking(conn.rollback)
                 return 0
+            if conn.dialect.name != "postgresql":
+                # SQLite: no transaction (its write lock) is held while Redis is written.
+                await blocking(conn.rollback)
             pipe = self._pipeline()
             for row in rows:
                 event = event_log.row_event(row)
@@ -287,20 +291,24 @@ class EventStreams:
         await self.client.aclose()
 
 
+#: Any constant: the same in every replica (see service.db.migrate for the other one).
+_RELAY_LOCK_KEY = 7_461_032_520
+
+
 def _unstreamed(conn: Connection, limit: int) -> Sequence[Any]:
     t = event_log.EVENTS
     conn.begin()
-    return conn.execute(
-        select(t)
-        .where(~t.c.streamed)
-        .order_by(t.c.seq)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    if conn.dialect.name == "postgresql":
+        mine = conn.execute(select(func.pg_try_advisory_xact_lock(_RELAY_LOCK_KEY))).scalar_one()
+        if not mine:
+            return []  # another replica is relaying right now
+    return conn.execute(select(t).where(~t.c.streamed).order_by(t.c.seq).limit(limit)).all()
 
 
 def _mark_streamed(conn: Connection, seqs: Iterable[int]) -> None:
     t = event_log.EVENTS
+    if not conn.in_transaction():
+        conn.begin()
     conn.execute(update(t).where(t.c.seq.in_(list(seqs))).values(streamed=True))
     conn.commit()
 

@@ -58,6 +58,7 @@ class EndpointWorker:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s),
             follow_redirects=False,  # only a 2xx from the URL itself is a delivery
@@ -74,6 +75,8 @@ class EndpointWorker:
 
     async def stop(self) -> None:
         """Stop at once; attempts cut short are retried once their lease runs out."""
+        self._stopped = True  # a cancellation absorbed by a thread wait still ends the loop
+        self._wake.set()
         tasks = [t for t in (self._task, *self._inflight) if t is not None]
         for t in tasks:
             t.cancel()
@@ -82,7 +85,7 @@ class EndpointWorker:
         await self._client.aclose()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             self._wake.clear()  # before claiming: a wake-up from here on is not missed
             free = self._concurrency - len(self._inflight)
             claimed: list[repo.Claimed] = []
