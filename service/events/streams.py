@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import anyio
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -179,6 +180,13 @@ class EventStreams:
         PostgreSQL one replica relays at a time (a transaction-scoped advisory lock held
         while Redis is written; no row locks, so the webhook fan-out never waits for Redis);
         a crash between the XADD and the commit relays the events again, same ids."""
+        # Shielded: a cancellation (shutdown) must not close the connection under a
+        # statement still running in its thread; the work is bounded by its timeouts.
+        with anyio.CancelScope(shield=True):
+            moved = await self._relay(engine, blocking, limit)
+        return moved
+
+    async def _relay(self, engine: Engine, blocking: Blocking, limit: int) -> int:
         conn: Connection = await blocking(engine.connect)
         try:
             rows = await blocking(_unstreamed, conn, limit)

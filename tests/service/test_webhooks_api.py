@@ -155,3 +155,16 @@ def test_deliveries_are_listed_newest_first_in_pages_and_replay_queues_again(api
     assert r.json()["queued"] == 0
     got = api.client.get(f"/v1/webhooks/{made['id']}", headers=api.admin).json()
     assert got["pending"] == 10 and got["oldest_pending_recorded_at"] is not None
+
+    # /metrics: the age of the oldest undelivered event, per enabled endpoint.
+    api.client.patch(f"/v1/webhooks/{made['id']}", json={"enabled": True}, headers=api.admin)
+    relay = api.app_state.event_relay
+    api.client.portal.call(relay.sync_workers)  # type: ignore[union-attr]
+    api.client.portal.call(relay.refresh_gauges)  # type: ignore[union-attr]
+    page = api.client.get("/metrics").text
+    line = next(
+        x for x in page.splitlines()
+        if x.startswith(f'geo_offers_webhook_oldest_undelivered_seconds{{endpoint="{made["id"]}"}}')
+    )  # fmt: skip
+    assert float(line.split()[-1]) > 0.0, line
+    assert 'geo_offers_events_oldest_unrelayed_seconds{relay="webhooks"} 0.0' in page
