@@ -128,9 +128,10 @@ class Settings(BaseSettings):
         description="How often the relays look for new events and due deliveries.",
     )
     event_retention_s: float = Field(
-        default=30 * 86_400.0,
+        default=7 * 86_400.0,
         gt=0,
-        description="Delivered events are kept this long (for replay), then deleted.",
+        description="Handled events (and their finished deliveries) are kept this long, for "
+        "replays and the deliveries listing, then deleted.",
     )
     webhook_timeout_s: float = Field(
         default=10.0, gt=0, description="Whole-request timeout of one delivery attempt."

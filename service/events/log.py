@@ -146,10 +146,12 @@ def record_user_erased(
 def prune(conn: Connection, before: datetime, *, streams: bool, limit: int = 5000) -> int:
     """Delete up to ``limit`` events recorded before ``before`` that are fully handled —
     fanned out, relayed to the streams when ``streams``, no delivery of them pending —
-    and finished deliveries created before ``before``. Returns the events deleted."""
+    and the finished deliveries of such old events. Returns the events deleted."""
+    # Through the events' recording time (indexed): finished deliveries of old events.
     done = conn.execute(
         select(DELIVERIES.c.id)
-        .where(DELIVERIES.c.status != "pending", DELIVERIES.c.created_at < before)
+        .select_from(DELIVERIES.join(EVENTS, EVENTS.c.seq == DELIVERIES.c.event_seq))
+        .where(EVENTS.c.recorded_at < before, DELIVERIES.c.status != "pending")
         .limit(limit)
     ).scalars()
     ids = list(done)
