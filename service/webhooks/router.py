@@ -8,9 +8,10 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from service.auth import Role, require
+from service.auth import Role
 from service.errors import InvalidInput
 from service.events.types import EventType
+from service.http.auth import require
 from service.webhooks import service
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
