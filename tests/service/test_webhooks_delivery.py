@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -310,3 +311,17 @@ def test_event_types_are_one_vocabulary() -> None:
         "visit.entered", "visit.dwelled", "visit.exited", "offer.issued", "offer.held_out",
         "offer.redeemed", "user.erased",
     ]  # fmt: skip
+
+
+def test_the_embedded_default_delivers_too(tmp_path: Path, receiver: Receiver) -> None:
+    """SQLite and in-process state, one process: nothing else to start."""
+    settings = Settings(data_dir=tmp_path / "data", database_url=None, redis_url=None)
+    with fast_api(settings) as api:
+        assert api.app_state.event_relay.streams is None, "no Redis: no streams"
+        hook = subscribe(api, receiver, "/embedded", fail_first(1))
+        events = [visit() for _ in range(5)]
+        record(api, *events)
+        receiver.wait_for(lambda: len(receiver.delivered("/embedded")) == 5, what="5 deliveries")
+        receiver.wait_for(lambda: endpoint(api, hook)["pending"] == 0, what="outcomes stored")
+        assert {r.id for r in receiver.delivered("/embedded")} == {e.id for e in events}
+        assert all(d["attempts"] == 2 for d in deliveries(api, hook))
