@@ -1,7 +1,7 @@
 """The event log (outbox), webhook endpoints and their deliveries.
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0004
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from service.db.models import JSONDOC, SEQ
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
