@@ -25,7 +25,7 @@ from service.events import metrics
 from service.events.streams import Blocking
 from service.webhooks import repository as repo
 from service.webhooks.policy import Outcome
-from service.webhooks.service import AttemptSettings, EndpointConfig, record_attempt
+from service.webhooks.service import AttemptSettings, EndpointConfig, record_attempts
 from service.webhooks.signing import signed_headers
 
 log = logging.getLogger("geo_offers.webhooks")
@@ -59,6 +59,8 @@ class EndpointWorker:
         self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._outcomes: list[tuple[repo.Claimed, Outcome, asyncio.Future[str]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s),
             follow_redirects=False,  # only a 2xx from the URL itself is a delivery
@@ -77,7 +79,7 @@ class EndpointWorker:
         """Stop at once; attempts cut short are retried once their lease runs out."""
         self._stopped = True  # a cancellation absorbed by a thread wait still ends the loop
         self._wake.set()
-        tasks = [t for t in (self._task, *self._inflight) if t is not None]
+        tasks = [t for t in (self._task, *self._inflight, self._flusher) if t is not None]
         for t in tasks:
             t.cancel()
         if tasks:
@@ -116,10 +118,12 @@ class EndpointWorker:
             outcome = Outcome("retry", None, "the event is no longer in the log")
         else:
             outcome = await self._send(config, claimed.event_id, claimed.envelope)
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._outcomes.append((claimed, outcome, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
         try:
-            result = await self._blocking(
-                record_attempt, self._engine, config.id, claimed, outcome, self._attempts
-            )
+            result = await done
         except Exception:
             # The lease runs out and the delivery is attempted again: at least once.
             log.exception("webhook %s: outcome of %s not stored", config.id, claimed.event_id)
@@ -137,6 +141,25 @@ class EndpointWorker:
         elif result == "dropped":
             metrics.EVENTS_DROPPED.inc()
             log.error("webhook %s: event %s missing from the log", config.id, claimed.event_id)
+
+    async def _flush(self) -> None:
+        """Store the outcomes waiting, in one transaction; those that finish meanwhile go
+        in the next (one transaction per delivery was the limit: benchmarks/README.md)."""
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                results = await self._blocking(
+                    record_attempts, self._engine, self.config.id,
+                    [(c, o) for c, o, _ in batch], self._attempts,
+                )  # fmt: skip
+            except Exception as exc:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (_, _, done), result in zip(batch, results, strict=True):
+                if not done.done():
+                    done.set_result(result)
 
     async def _send(
         self, config: EndpointConfig, event_id: str, envelope: dict[str, Any]

@@ -7,6 +7,7 @@ errors of :mod:`service.errors` (404 unknown endpoint, 422 bad field).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -282,8 +283,12 @@ def record_attempt(
     """Store what an attempt did and what follows; returns ``delivered``, ``retried``,
     ``failed`` (given up, or 410), ``dropped`` (the event is missing) or ``superseded``
     (another worker took the delivery after this one's lease ran out)."""
-    now = now or _now()
-    result: str
+    return record_attempts(engine, endpoint_id, [(claimed, outcome)], settings, now)[0]
+
+
+def _next(
+    claimed: repo.Claimed, outcome: Outcome, settings: AttemptSettings, now: datetime
+) -> tuple[str, dict[str, Any]]:
     values: dict[str, Any] = {
         "last_status_code": outcome.status_code,
         "last_error": (outcome.error or "")[:500] or None,
@@ -291,32 +296,49 @@ def record_attempt(
     }
     if claimed.envelope is None:
         values.update(status="failed", last_error="the event is no longer in the log")
-        result = "dropped"
-    elif outcome.kind == "delivered":
+        return "dropped", values
+    if outcome.kind == "delivered":
         values.update(status="delivered", delivered_at=now, last_error=None)
-        result = "delivered"
-    elif outcome.kind == "gone" or (
+        return "delivered", values
+    if outcome.kind == "gone" or (
         (now - claimed.created_at).total_seconds() >= settings.policy.retry_for_s
     ):
         values.update(status="failed")
-        result = "failed"
-    else:
-        wait = settings.policy.next_attempt_s(outcome, claimed.attempt)
-        values.update(next_attempt_at=now + timedelta(seconds=wait))
-        result = "retried"
+        return "failed", values
+    wait = settings.policy.next_attempt_s(outcome, claimed.attempt)
+    values.update(next_attempt_at=now + timedelta(seconds=wait))
+    return "retried", values
+
+
+def record_attempts(
+    engine: Engine,
+    endpoint_id: str,
+    attempts: Sequence[tuple[repo.Claimed, Outcome]],
+    settings: AttemptSettings,
+    now: datetime | None = None,
+) -> list[str]:
+    """:func:`record_attempt` for several attempts of one endpoint in one transaction (a
+    worker stores the outcomes that finished together at once). The endpoint's state
+    follows the batch: a 410 disables it; else any success ends its failing streak; else a
+    failure starts one, or disables the endpoint once it has lasted ``disable_after_s``."""
+    now = now or _now()
+    results: list[str] = []
     with engine.begin() as conn:
-        if not repo.finish_delivery(conn, claimed, values):
-            return "superseded"
+        for claimed, outcome in attempts:
+            result, values = _next(claimed, outcome, settings, now)
+            results.append(result if repo.finish_delivery(conn, claimed, values) else "superseded")
+        stored = [(r, o) for r, (_, o) in zip(results, attempts, strict=True) if r != "superseded"]
         ep = repo.ENDPOINTS
-        if result == "delivered":
+        gone = [o for _, o in stored if o.kind == "gone"]
+        if gone:
+            _disable(conn, endpoint_id, gone[0].error or "410 Gone", now)
+        elif any(r == "delivered" for r, _ in stored):
             conn.execute(
                 update(ep)
                 .where(ep.c.id == endpoint_id, ep.c.failing_since.is_not(None))
                 .values(failing_since=None)
             )
-        elif outcome.kind == "gone":
-            _disable(conn, endpoint_id, outcome.error or "410 Gone", now)
-        elif result != "dropped":
+        elif any(r in ("retried", "failed") for r, _ in stored):
             conn.execute(
                 update(ep)
                 .where(ep.c.id == endpoint_id, ep.c.failing_since.is_(None))
@@ -327,7 +349,7 @@ def record_attempt(
             if since is not None and (now - since).total_seconds() >= settings.disable_after_s:
                 days = settings.disable_after_s / 86_400
                 _disable(conn, endpoint_id, f"every attempt failed for {days:g} days", now)
-    return result
+    return results
 
 
 def _disable(conn: Connection, endpoint_id: str, reason: str, now: datetime) -> None:
