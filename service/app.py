@@ -24,6 +24,8 @@ from service.caps.redis_caps import RedisCapStore
 from service.console.router import mount as mount_console
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
+from service.events.relay import EventRelay, consumer_name
+from service.events.streams import EventStreams, StreamLayout, client_from_url
 from service.fences.live import IndexHolder
 from service.fences.router import router as fences_router
 from service.http.body_limit import BodyLimitMiddleware
@@ -46,6 +48,7 @@ from service.state.redis_store import RedisStateStore
 from service.users.erasure import Eraser
 from service.users.repository import users_without_consent
 from service.users.router import router as users_router
+from service.webhooks.router import router as webhooks_router
 
 log = logging.getLogger("geo_offers")
 
@@ -98,6 +101,19 @@ def install_observability(app: FastAPI, settings: Settings) -> None:
     def metrics(request: Request) -> Response:
         refresh_gauges(request.app.state)
         return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def make_event_relay(settings: Settings, engine: Any) -> EventRelay | None:
+    """Webhook delivery and the stream relays of this process (DESIGN §10), unless turned
+    off; the streams only with Redis."""
+    if not settings.event_relay:
+        return None
+    streams = None
+    if settings.redis_url:
+        layout = StreamLayout(settings.redis_prefix, settings.stream_partitions)
+        client = client_from_url(settings.redis_url, settings.redis_cluster)
+        streams = EventStreams(client, layout, settings.stream_maxlen, consumer_name())
+    return EventRelay(engine, settings, streams)
 
 
 def create_app(settings: Settings | None = None) -> GeoOffersAPI:
@@ -168,9 +184,15 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
             asyncio.create_task(poll(resume_erasures, settings.erasure_retry_s)),
             asyncio.create_task(poll(keep_denials, settings.erasure_retry_s)),
         ]
+        relay = make_event_relay(settings, engine)
+        app.state.event_relay = relay
+        if relay is not None:
+            await relay.start()
         try:
             yield
         finally:
+            if relay is not None:
+                await relay.stop()
             for task in pollers:
                 task.cancel()
             for task in pollers:
@@ -202,6 +224,7 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
     app.include_router(campaigns_router, responses=error_responses(*keyed, 404))
     app.include_router(users_router, responses=error_responses(*keyed, 404))
     app.include_router(redemptions_router, responses=error_responses(*keyed, 404, 409, 410))
+    app.include_router(webhooks_router, responses=error_responses(*keyed, 404))
     if settings.console:
         mount_console(app, settings)
 

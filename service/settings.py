@@ -153,6 +153,80 @@ class Settings(BaseSettings):
         default="", description="Attribution text shown with the base map tiles."
     )
 
+    # -- event export (DESIGN §10): the event log, webhooks, Redis Streams -------------
+    event_relay: bool = Field(
+        default=True,
+        description="Deliver webhooks and relay events to Redis Streams from this process "
+        "(every replica may; leases keep each delivery to one at a time).",
+    )
+    events_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the relays look for new events and due deliveries.",
+    )
+    event_retention_s: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description="Handled events (and their finished deliveries) are kept this long, for "
+        "replays and the deliveries listing, then deleted.",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="Whole-request timeout of one delivery attempt."
+    )
+    webhook_concurrency: int = Field(
+        default=4, ge=1, description="Deliveries in flight per endpoint in each process."
+    )
+    webhook_backoff_base_s: float = Field(
+        default=5.0, gt=0, description="Delay after the first failed attempt; doubles after each."
+    )
+    webhook_backoff_max_s: float = Field(
+        default=6 * 3600.0, gt=0, description="Longest delay between two attempts."
+    )
+    webhook_retry_for_s: float = Field(
+        default=3 * 86_400.0, gt=0, description="A delivery is retried this long, then failed."
+    )
+    webhook_retry_after_max_s: float = Field(
+        default=86_400.0, ge=0, description="Longest Retry-After honoured (longer is capped)."
+    )
+    webhook_disable_after_s: float = Field(
+        default=5 * 86_400.0,
+        gt=0,
+        description="An endpoint that has failed every attempt this long is disabled.",
+    )
+    webhook_secret_overlap_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="After a secret rotation, the old secret also signs for this long.",
+    )
+    stream_partitions: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Redis Streams the events are spread over (by device, else user); "
+        "fixed for the life of a deployment.",
+    )
+    stream_maxlen: int = Field(
+        default=100_000,
+        ge=100,
+        description="Approximate length each event stream is trimmed to (XADD MAXLEN ~).",
+    )
+
+    # -- trust (DESIGN §11) ---------------------------------------------------------------
+    max_speed_kmh: float = Field(
+        default=900.0,
+        gt=0,
+        description="Faster travel between a device's consecutive accepted pings is refused.",
+    )
+    trust_max_devices_per_user: int = Field(
+        default=5, ge=1, description="More devices for one user id in the window: no offer."
+    )
+    trust_max_users_per_device: int = Field(
+        default=5, ge=1, description="More user ids on one device in the window: no offer."
+    )
+    trust_sharing_window_s: float = Field(
+        default=7 * 86_400.0, gt=0, description="Window of the device/user sharing checks."
+    )
+
     @field_validator("database_url", "redis_url", "console_basemap_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:

@@ -436,6 +436,9 @@ class Campaign(_Spec):
     budget: Budget = Field(default_factory=Budget)
     rollout_pct: Num = Field(default=100.0, ge=0, le=100)
     holdout_pct: Num = Field(default=0.0, ge=0, le=100)
+    #: ``false`` opts out of the trust checks (DESIGN §11): a suspected spoofed ping may
+    #: still get this campaign's offer (e.g. a campaign that is not about being there).
+    trust_checks: bool = True
     offer: Offer
 
     @model_validator(mode="before")

@@ -15,6 +15,7 @@ from geoalchemy2 import Geometry
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Integer,
@@ -275,3 +276,70 @@ class ConsoleUploadChunk(Base):
     upload_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# Integer on SQLite, where only an INTEGER PRIMARY KEY autoincrements (the rowid).
+SEQ = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class EventRow(Base):
+    """The event log (an outbox): written in the transaction of what it describes, then
+    fanned out to webhook deliveries and relayed to Redis Streams (``service.events``)."""
+
+    __tablename__ = "events"
+
+    seq: Mapped[int] = mapped_column(SEQ, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    type: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONDOC)
+    store_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    store_tags: Mapped[list[str]] = mapped_column(JSONDOC)
+    user_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    partition_key: Mapped[str] = mapped_column(String(128))
+    fanned_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    streamed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class WebhookEndpointRow(Base):
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list[str] | None] = mapped_column(JSONDOC, nullable=True)
+    store_tags: Mapped[list[str] | None] = mapped_column(JSONDOC, nullable=True)
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    disabled_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDeliveryRow(Base):
+    """One event to one endpoint. ``next_attempt_at`` doubles as the lease: a worker that
+    claims a delivery moves it past the attempt's timeout, so a worker killed mid-attempt
+    leaves it due again; ``lease_token`` keeps a late worker from overwriting a newer result."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(SEQ, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(String(32))
+    event_seq: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    replay: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    lease_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import Engine
 
 from service.errors import Conflict, DomainError, InvalidInput, NotFound
+from service.events import log as event_log
+from service.events.types import offer_redeemed
 from service.offers import repository as repo
 from service.timeutil import aware, iso_z
 
@@ -108,4 +110,19 @@ def redeem(
                 f"coupon already redeemed at {at}",
                 [{"field": "coupon_code", "reason": "already_redeemed", "redeemed_at": at}],
             )
+        # offer.redeemed, committed with the redemption row or not at all.
+        event = offer_redeemed(
+            offer_id=offer.offer_id,
+            campaign_id=offer.campaign_id,
+            coupon_code=code,
+            store_id=offer.store_id,
+            device_id=offer.device_id,
+            # user_key is the ping's user_id, or its device id when it had none
+            user_id=offer.user_key if offer.user_key != offer.device_id else None,
+            amount=amount,
+            redeemed_store_id=store_id,
+            redeemed_at=now,
+            store_tags=event_log.store_tags(conn, offer.store_id),
+        )
+        event_log.record(conn, [event])
     return response

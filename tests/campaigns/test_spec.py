@@ -184,6 +184,18 @@ def test_defaults() -> None:
     assert c.offer.value == 0 and c.offer.expires_in == 86_400
     assert c.offer.coupon.type == "unique" and c.offer.coupon.prefix == ""
     assert c.offer.coupon.code is None
+    assert c.trust_checks is True
+
+
+def test_a_campaign_may_opt_out_of_the_trust_checks() -> None:
+    c = parse_campaign_file(as_json([{**minimal("loose"), "trust_checks": False}])).campaigns[0]
+    assert c.trust_checks is False
+    old = campaign_to_doc(c)
+    old.pop("trust_checks")  # a campaign stored before the field existed
+    assert campaign_from_doc(old).trust_checks is True
+    with pytest.raises(SpecError) as info:
+        parse_campaign_file(as_json([{**minimal("x"), "trust_checks": "sometimes"}]))
+    assert info.value.details[0]["field"] == "trust_checks"
 
 
 def test_doc_round_trip_is_json_and_lossless() -> None:

@@ -42,7 +42,7 @@ def _reset_postgis(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "TRUNCATE geofences, api_keys, campaigns, policies, users, user_events, offers, "
-            "exposures, redemptions, erasures, geofence_versions, geofence_changes"
+            "exposures, redemptions, erasures, geofence_versions, geofence_changes, events, webhook_endpoints, webhook_deliveries"
         )
         conn.execute("UPDATE data_versions SET version = 0")
 

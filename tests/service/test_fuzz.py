@@ -46,7 +46,11 @@ def test_fuzz_every_operation_no_5xx_and_answers_as_documented(
     migrated_postgis: str,
     tmp_path: Path,
 ) -> None:
-    env = server_env | {"GEO_OFFERS_DEVICE_RATE_PER_S": "0"}  # the fuzzer is one "device"
+    env = server_env | {
+        "GEO_OFFERS_DEVICE_RATE_PER_S": "0",  # the fuzzer is one "device"
+        # Webhook endpoints the fuzzer creates must never be POSTed to (any host it makes up).
+        "GEO_OFFERS_EVENT_RELAY": "false",
+    }
     engine = make_engine(Settings(database_url=migrated_postgis))
     admin = create_key(engine, Role.admin, "fuzz")
     engine.dispose()

@@ -1,0 +1,333 @@
+"""Events in Redis Streams: the key layout, the entry format, and the two relays.
+
+Layout (one place; the device-state script uses it too). ``<p>`` is the Redis prefix and
+``n`` the partition, ``crc32(device id, else user id) % stream_partitions``:
+
+- ``<p>:{ev:<n>}:events`` — the public stream consumers read (XREADGROUP / XACK), trimmed to
+  about ``stream_maxlen`` entries (``XADD MAXLEN ~``);
+- ``<p>:{ev:<n>}:inbox`` — events born in Redis (visit events, XADDed by the device-state
+  script in the step that produces them) waiting to enter the event log; drained by
+  :meth:`EventStreams.import_inbox` and never trimmed, so nothing is lost while the
+  database is away.
+
+Each partition's keys share the hash tag ``{ev:<n>}``: different partitions land on
+different Redis Cluster slots, and one partition's two streams can be written by one script.
+
+Entry fields: ``id`` (the event id: the same in every copy of one event), ``type``,
+``envelope`` (the JSON ``{id, type, occurred_at, data}`` webhooks send as their body) and
+``tags`` (JSON list of the store's tags).
+
+Both relays are at-least-once: an entry may appear twice, never under two ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+from sqlalchemy import Connection, Engine, func, select, update
+
+from service.events import log as event_log
+from service.events import metrics
+from service.events.types import Event, EventType
+
+logger = logging.getLogger("geo_offers.events")
+
+Client = aioredis.Redis | RedisCluster
+T = TypeVar("T")
+#: Runs a blocking function off the event loop (``anyio.to_thread.run_sync`` with a limiter).
+Blocking = Callable[..., Awaitable[Any]]
+
+INBOX_GROUP = "geo-offers-log"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLayout:
+    """Stream key names.
+
+    >>> layout = StreamLayout("geo", 16)
+    >>> layout.events_key(3), layout.inbox_key(3)
+    ('geo:{ev:3}:events', 'geo:{ev:3}:inbox')
+    >>> layout.partition("device-1") == layout.partition("device-1") < 16
+    True
+    """
+
+    prefix: str
+    partitions: int
+
+    def partition(self, key: str) -> int:
+        return zlib.crc32(key.encode()) % self.partitions
+
+    def tag(self, n: int) -> str:
+        return f"{{ev:{n}}}"
+
+    def events_key(self, n: int) -> str:
+        return f"{self.prefix}:{self.tag(n)}:events"
+
+    def inbox_key(self, n: int) -> str:
+        return f"{self.prefix}:{self.tag(n)}:inbox"
+
+    def events_keys(self) -> list[str]:
+        return [self.events_key(n) for n in range(self.partitions)]
+
+    def event_partition(self, event: Event) -> int:
+        return self.partition(event.partition_key)
+
+
+def entry_fields(event: Event) -> dict[str, bytes]:
+    """The stream entry of ``event``."""
+    return {
+        "id": event.id.encode(),
+        "type": event.type.value.encode(),
+        "envelope": orjson.dumps(event.envelope()),
+        "tags": orjson.dumps(list(event.store_tags)),
+    }
+
+
+def entry_event(fields: Mapping[Any, Any]) -> Event:
+    """An :class:`Event` from a stream entry's fields; ``ValueError`` if it is not one."""
+    f = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in fields.items()}
+    try:
+        env = orjson.loads(f["envelope"])
+        tags = orjson.loads(f.get("tags") or b"[]")
+        event = Event(
+            id=str(env["id"]),
+            type=EventType(env["type"]),
+            occurred_at=datetime.fromisoformat(str(env["occurred_at"]).replace("Z", "+00:00")),
+            data=dict(env["data"]),
+            store_tags=tuple(str(t) for t in tags),
+        )
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"not an event entry: {exc}") from exc
+    if not event.id.startswith("evt_") or event.occurred_at.tzinfo is None:
+        raise ValueError(f"not an event entry: id {event.id!r}")
+    return event
+
+
+#: For the device-state script: XADD the events packed by :func:`inbox_args` into the inbox
+#: stream ``key``, reading ARGV from position ``first``; returns the position after them.
+#: Paste it into a script and call ``add_events(KEYS[i], first)`` once its step is stored.
+INBOX_XADD_LUA = """
+local function add_events(key, first)
+  local n = tonumber(ARGV[first])
+  for i = 0, n - 1 do
+    local a = first + 1 + i * 4
+    redis.call('XADD', key, '*', 'id', ARGV[a], 'type', ARGV[a + 1],
+      'envelope', ARGV[a + 2], 'tags', ARGV[a + 3])
+  end
+  return first + 1 + n * 4
+end
+"""
+
+
+def inbox_args(events: Sequence[Event]) -> list[bytes]:
+    """ARGV for :data:`INBOX_XADD_LUA`: the count, then id, type, envelope, tags of each."""
+    out = [str(len(events)).encode()]
+    for e in events:
+        f = entry_fields(e)
+        out += [f["id"], f["type"], f["envelope"], f["tags"]]
+    return out
+
+
+def _entries(reply: Any) -> list[tuple[bytes, Mapping[Any, Any] | None]]:
+    """The entries of an XREADGROUP reply for one stream (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(e[0], e[1]) for batch in reply.values() for e in batch[0]]
+    return [(e[0], e[1]) for _, batch in reply for e in batch]
+
+
+class EventStreams:
+    """The relays between the event log and Redis Streams, run by every replica."""
+
+    def __init__(
+        self,
+        client: Client,
+        layout: StreamLayout,
+        maxlen: int,
+        consumer: str,
+        *,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.client = client
+        self.layout = layout
+        self.maxlen = maxlen
+        self.consumer = consumer
+        self.claim_idle_ms = claim_idle_ms
+        self._unacked: set[str] = set()  # inboxes whose last import did not finish
+        self._cluster = isinstance(client, RedisCluster)
+
+    def _pipeline(self) -> Any:
+        if self._cluster:
+            return self.client.pipeline()
+        return self.client.pipeline(transaction=False)
+
+    # -- the event log → the public streams --------------------------------------------
+
+    async def relay(self, engine: Engine, blocking: Blocking, limit: int = 500) -> int:
+        """XADD up to ``limit`` events not streamed yet, then mark them streamed. On
+        PostgreSQL one replica relays at a time (a transaction-scoped advisory lock held
+        while Redis is written; no row locks, so the webhook fan-out never waits for Redis);
+        a crash between the XADD and the commit relays the events again, same ids."""
+        # Shielded: a cancellation (shutdown) must not close the connection under a
+        # statement still running in its thread; the work is bounded by its timeouts.
+        with anyio.CancelScope(shield=True):
+            moved = await self._relay(engine, blocking, limit)
+        return moved
+
+    async def _relay(self, engine: Engine, blocking: Blocking, limit: int) -> int:
+        conn: Connection = await blocking(engine.connect)
+        try:
+            rows = await blocking(_unstreamed, conn, limit)
+            if not rows:
+                await blocking(conn.rollback)
+                return 0
+            if conn.dialect.name != "postgresql":
+                # SQLite: no transaction (its write lock) is held while Redis is written.
+                await blocking(conn.rollback)
+            pipe = self._pipeline()
+            for row in rows:
+                event = event_log.row_event(row)
+                key = self.layout.events_key(self.layout.partition(row.partition_key))
+                pipe.xadd(key, entry_fields(event), maxlen=self.maxlen, approximate=True)
+            await pipe.execute()
+            await blocking(_mark_streamed, conn, [r.seq for r in rows])
+            metrics.EVENTS_STREAMED.inc(len(rows))
+            return len(rows)
+        finally:
+            with contextlib.suppress(Exception):
+                await blocking(conn.close)
+
+    # -- the inbox streams → the event log ---------------------------------------------
+
+    async def import_inbox(
+        self, engine: Engine, blocking: Blocking, limit: int = 500, reclaim: bool = False
+    ) -> int:
+        """Move the inbox streams' entries into the event log: read them (one pipelined
+        round trip over the partitions), record them in one transaction, then XACK and
+        XDEL. An inbox whose import failed is read again from this consumer's
+        unacknowledged entries; with ``reclaim``, entries another consumer (a process that
+        died) left unacknowledged for ``claim_idle_ms`` are taken over. A crash before the
+        XACK imports entries again; their ids make that a no-op."""
+        keys = [self.layout.inbox_key(n) for n in range(self.layout.partitions)]
+        moved, no_group = await self._import_pass(engine, blocking, keys, limit, reclaim)
+        created = await self._create_groups(no_group) if no_group else []
+        if created:  # inboxes the script has just created: read them now, not next poll
+            more, _ = await self._import_pass(engine, blocking, created, limit, False)
+            moved += more
+        return moved
+
+    async def _import_pass(
+        self, engine: Engine, blocking: Blocking, keys: list[str], limit: int, reclaim: bool
+    ) -> tuple[int, list[str]]:
+        pipe = self._pipeline()
+        for key in keys:
+            start = "0" if key in self._unacked else ">"
+            pipe.xreadgroup(INBOX_GROUP, self.consumer, {key: start}, count=limit)
+        replies = await pipe.execute(raise_on_error=False)
+        moved = 0
+        no_group = []
+        for key, reply in zip(keys, replies, strict=True):
+            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                no_group.append(key)
+                continue
+            if isinstance(reply, BaseException):
+                raise reply
+            entries = _entries(reply)
+            if not entries and reclaim:
+                claimed = await self.client.xautoclaim(
+                    key, INBOX_GROUP, self.consumer, self.claim_idle_ms, "0-0", count=limit
+                )
+                entries = list(claimed[1])
+            if entries:
+                self._unacked.add(key)
+                moved += await self._import(engine, blocking, key, entries)
+                self._unacked.discard(key)
+            elif key in self._unacked:
+                self._unacked.discard(key)  # nothing left of ours: back to new entries
+        return moved, no_group
+
+    async def _create_groups(self, keys: list[str]) -> list[str]:
+        """Groups start at the stream's first entry, so nothing XADDed before is missed. An
+        inbox that does not exist yet has nothing to read (it appears with its first entry).
+        Returns the keys that have a group now."""
+        pipe = self._pipeline()
+        for key in keys:
+            pipe.xgroup_create(key, INBOX_GROUP, id="0")
+        ready = []
+        for key, reply in zip(keys, await pipe.execute(raise_on_error=False), strict=True):
+            if not isinstance(reply, BaseException) or "BUSYGROUP" in str(reply):
+                ready.append(key)
+            elif "requires the key to exist" not in str(reply):
+                raise reply
+        return ready
+
+    async def _import(
+        self, engine: Engine, blocking: Blocking, key: str, entries: list[Any]
+    ) -> int:
+        events: list[Event] = []
+        ids: list[bytes] = []
+        for entry in entries:
+            entry_id, fields = entry
+            ids.append(entry_id)
+            if not fields:  # deleted after it was read: already imported
+                continue
+            try:
+                events.append(entry_event(fields))
+            except ValueError as exc:
+                metrics.EVENTS_DROPPED.inc()
+                logger.error("inbox entry %s of %s dropped: %s", entry_id, key, exc)
+        if events:
+            await blocking(_record, engine, events)
+        await self.client.xack(key, INBOX_GROUP, *ids)
+        await self.client.xdel(key, *ids)
+        metrics.EVENTS_IMPORTED.inc(len(events))
+        return len(events)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+#: Any constant: the same in every replica (see service.db.migrate for the other one).
+_RELAY_LOCK_KEY = 7_461_032_520
+
+
+def _unstreamed(conn: Connection, limit: int) -> Sequence[Any]:
+    t = event_log.EVENTS
+    conn.begin()
+    if conn.dialect.name == "postgresql":
+        mine = conn.execute(select(func.pg_try_advisory_xact_lock(_RELAY_LOCK_KEY))).scalar_one()
+        if not mine:
+            return []  # another replica is relaying right now
+    return conn.execute(select(t).where(~t.c.streamed).order_by(t.c.seq).limit(limit)).all()
+
+
+def _mark_streamed(conn: Connection, seqs: Iterable[int]) -> None:
+    t = event_log.EVENTS
+    if not conn.in_transaction():
+        conn.begin()
+    conn.execute(update(t).where(t.c.seq.in_(list(seqs))).values(streamed=True))
+    conn.commit()
+
+
+def _record(engine: Engine, events: Sequence[Event]) -> None:
+    with engine.begin() as conn:
+        event_log.record(conn, events)
+
+
+def client_from_url(url: str, cluster: bool) -> Client:
+    opts: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
+    if cluster:
+        return RedisCluster.from_url(url, **opts)
+    return aioredis.Redis.from_url(url, health_check_interval=10, **opts)

@@ -1,0 +1,1 @@
+"""Webhooks per the Standard Webhooks spec (DESIGN §10)."""
