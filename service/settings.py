@@ -98,6 +98,23 @@ class Settings(BaseSettings):
         default=20, ge=1, description="Pings one device may send at once before the rate applies."
     )
 
+    db_pool_size: int = Field(
+        default=8,
+        ge=1,
+        description="PostgreSQL connections per worker for the offer path (facts, issuance).",
+    )
+    issue_max_batch: int = Field(
+        default=256,
+        ge=1,
+        description="Most issuances committed in one transaction (group commit).",
+    )
+    issue_max_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="Issuance transactions committing at once per worker; the next batch "
+        "forms while they commit.",
+    )
+
     @field_validator("database_url", "redis_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
@@ -112,6 +129,14 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    def libpq_url(self) -> str | None:
+        """The PostgreSQL URL as libpq takes it (psycopg's async pool), or None on SQLite."""
+        url = self.database_url
+        if url is None or not url.startswith(("postgresql", "postgres:")):
+            return None
+        scheme, _, rest = url.partition("://")
+        return "postgresql://" + rest if "+" in scheme else url
 
     @property
     def embedded_state(self) -> bool:

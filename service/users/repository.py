@@ -99,6 +99,37 @@ def recent_events(conn: Connection, user_id: str, since: datetime) -> list[tuple
     return [(t, at) for t, at in rows if at is not None]
 
 
+# The facts of one user in one statement (PostgreSQL, through psycopg's async API, prepared
+# on first use): the attributes row, events since the lookback, the latest of each type
+# before it (for "days since") and the first signup, as (kind, type, at, attributes) rows.
+FACTS_SQL = """
+SELECT 'a', NULL, NULL::timestamptz, attributes FROM users WHERE user_id = %(u)s
+UNION ALL
+SELECT 'e', type, occurred_at, NULL FROM user_events
+ WHERE user_id = %(u)s AND occurred_at >= %(since)s
+UNION ALL
+(SELECT 'e', type, max(occurred_at), NULL FROM user_events
+  WHERE user_id = %(u)s AND occurred_at < %(since)s GROUP BY type)
+UNION ALL
+(SELECT 'e', 'signup', min(occurred_at), NULL FROM user_events
+  WHERE user_id = %(u)s AND type = 'signup')
+"""
+
+
+def facts_from_rows(
+    rows: list[tuple[str, str | None, datetime | None, Any]],
+) -> tuple[dict[str, Any], list[tuple[str, datetime]]]:
+    """Attributes and events from the rows of :data:`FACTS_SQL`."""
+    attrs: dict[str, Any] = {}
+    events: list[tuple[str, datetime]] = []
+    for kind, event_type, at, attributes in rows:
+        if kind == "a":
+            attrs = dict(orjson.loads(attributes) if isinstance(attributes, str) else attributes)
+        elif event_type is not None and at is not None:
+            events.append((event_type, at))
+    return attrs, events
+
+
 def erase(conn: Connection, user_id: str, pseudonym: str) -> dict[str, int]:
     """Erase a user's personal data; keep anonymous aggregates (offers, exposures)."""
     offers: Table = OfferRow.__table__  # type: ignore[assignment]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,10 +21,18 @@ from service.state.redis_store import RedisStateStore
 N = 2_000
 
 
+@dataclass(frozen=True)
+class _Result:
+    state: dict[str, Any]
+    answer: bytes
+    reason: str = "no_trigger"
+    pending: bool = False
+
+
 def _step(ts: float) -> Any:
-    def step(current: dict[str, Any] | None) -> tuple[dict[str, Any], bytes]:
+    def step(current: dict[str, Any] | None) -> _Result:
         answer = orjson.dumps({"ping_id": "p", "events": [], "offer": None, "reason": "x"})
-        return {"t": ts, "in": {}}, answer
+        return _Result({"t": ts, "in": {}}, answer)
 
     return step
 
