@@ -51,6 +51,7 @@ from service.caps.base import (
     CapUnavailable,
     capped,
 )
+from service.state.resp import LeanRedis, lean_client_supported
 
 # KEYS: campaign set, all set, channel set (the check order).
 # ARGV: now ms, issue id, retention ms, min gap ms (0 = none), then for each of the three sets
@@ -139,11 +140,16 @@ def _esc(part: str) -> str:
 class RedisCapStore:
     """Caps and budgets on a Redis server or a Redis Cluster (``client`` may be either)."""
 
-    def __init__(self, client: Client, prefix: str, max_in_flight: int = 64) -> None:
+    def __init__(
+        self, client: Client, prefix: str, max_in_flight: int = 64, lean: LeanRedis | None = None
+    ) -> None:
+        """``lean``, when given, carries the check-and-count scripts (the offer path);
+        ``client`` (redis-py) everything else."""
         if "{" in prefix or "}" in prefix:
             # A brace in the prefix would become the hash tag of every key.
             raise ValueError("prefix must not contain '{' or '}'")
         self._r = client
+        self._lean = lean
         self._prefix = prefix
         self._user = client.register_script(_USER)
         self._user_release = client.register_script(_USER_RELEASE)
@@ -166,7 +172,8 @@ class RedisCapStore:
             client = RedisCluster.from_url(url, **opts)
         else:
             client = aioredis.Redis.from_url(url, health_check_interval=10, **opts)
-        return cls(client, prefix)
+        lean = LeanRedis(url) if lean_client_supported(url, cluster) else None
+        return cls(client, prefix, lean=lean)
 
     # -- key names ---------------------------------------------------------------------
 
@@ -240,6 +247,10 @@ class RedisCapStore:
                 raise
 
     async def _run(self, script: AsyncScript, keys: Sequence[str], args: list[str | int]) -> Any:
+        if self._lean is not None:  # pipelined on one connection: no pool to run out of
+            source = script.script
+            body = source.encode() if isinstance(source, str) else bytes(source)
+            return await self._lean.evalsha(script.sha, body, list(keys), list(args))
         await self._initialize()
         async with self._gate:
             return await script(keys=keys, args=args)
@@ -313,4 +324,6 @@ class RedisCapStore:
             return False
 
     async def close(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._r.aclose()

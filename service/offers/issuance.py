@@ -11,8 +11,6 @@ caps back when the rows are known not to be committed (:class:`IssuanceFailed`).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
 
+from service.batching import Batcher
 from service.offers import repository as repo
 
 log = logging.getLogger("geo_offers.offers")
@@ -65,51 +64,35 @@ class BatchWriter(Protocol):
 
 
 class GroupCommitter:
-    """Group commit over a :class:`BatchWriter`, ``max_in_flight`` transactions at a time."""
+    """Group commit over a :class:`BatchWriter` (:class:`service.batching.Batcher`)."""
 
     def __init__(self, writer: BatchWriter, max_batch: int = 256, max_in_flight: int = 2) -> None:
         self.writer = writer
-        self.max_batch = max_batch
-        self._queue: list[tuple[Issuance, asyncio.Future[None]]] = []
-        self._slots = max_in_flight
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batcher: Batcher[Issuance, None] = Batcher(self._write, max_batch, max_in_flight)
+
+    async def _write(self, batch: Sequence[Issuance]) -> list[None]:
+        await self.writer.write(batch)
+        return [None] * len(batch)
 
     async def issue(self, item: Issuance) -> None:
         """Return once ``item``'s rows are committed; raise :class:`IssuanceFailed` if not."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, fut))
-        self._start()
-        # Shielded: a cancelled caller must not cancel the batch the others wait on.
-        await asyncio.shield(fut)
-
-    def _start(self) -> None:
-        while self._queue and self._slots > 0:
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            self._slots -= 1
-            task = asyncio.get_running_loop().create_task(self._commit(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _commit(self, batch: list[tuple[Issuance, asyncio.Future[None]]]) -> None:
         try:
-            await self.writer.write([item for item, _ in batch])
+            await self._batcher.submit(item)
+        except IssuanceFailed:
+            raise
         except Exception as exc:
-            failure = exc if isinstance(exc, IssuanceFailed) else IssuanceFailed(repr(exc), False)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(failure)
-        else:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
-        finally:
-            self._slots += 1
-            self._start()
+            raise IssuanceFailed(repr(exc), False) from exc
+
+    @property
+    def batches(self) -> int:
+        return self._batcher.batches
+
+    @property
+    def issued(self) -> int:
+        return self._batcher.items
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            with contextlib.suppress(Exception):
-                await task
+        await self._batcher.drain()
         await self.writer.close()
 
 
@@ -148,7 +131,8 @@ class PostgresWriter:
         try:
             async with self.pool.connection() as conn:
                 try:
-                    async with conn.transaction(), conn.cursor() as cur:
+                    # One round trip: BEGIN, the inserts and COMMIT leave together.
+                    async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
                         if offers:
                             await cur.executemany(_INSERT_OFFER, offers)
                         await cur.executemany(

@@ -26,6 +26,7 @@ import base64
 import logging
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -34,13 +35,14 @@ import anyio.to_thread
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
 
+from service.batching import Batcher
 from service.campaigns import rules
 from service.campaigns.live import CampaignSet, LiveCampaign, Screen, VisitTrigger
 from service.caps.base import CapRequest, CapStore, CapUnavailable
 from service.metrics import observe_cap_rejection, observe_offer
 from service.offers.issuance import Exposure, GroupCommitter, Issuance, IssuanceFailed
 from service.reasons import Reason, furthest
-from service.users.repository import FACTS_SQL, facts_from_rows
+from service.users.repository import FACTS_SQL, Facts, facts_from_rows
 from service.users.service import load_facts_inputs
 
 log = logging.getLogger("geo_offers.offers")
@@ -60,15 +62,27 @@ class FactsReader(Protocol):
 
 
 class PostgresFacts:
-    """One prepared statement on psycopg's async pool."""
+    """One prepared statement on psycopg's async pool; the users of concurrent pings are
+    read together (:class:`service.batching.Batcher`)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], max_batch: int = 256) -> None:
         self.pool = pool
+        self._batcher: Batcher[tuple[str, datetime], Facts] = Batcher(
+            self._read, max_batch, max_in_flight=2
+        )
 
     async def load(self, user_key: str, since: datetime) -> tuple[Attributes, Events]:
+        return await self._batcher.submit((user_key, since))
+
+    async def _read(self, batch: Sequence[tuple[str, datetime]]) -> list[Facts]:
+        users = list(dict.fromkeys(u for u, _ in batch))
+        # The earliest lookback of the batch (they differ by microseconds): an event at the
+        # edge is then "recent" rather than "latest before", which no rule tells apart.
+        since = min(s for _, s in batch)
         async with self.pool.connection() as conn:
-            cur = await conn.execute(FACTS_SQL, {"u": user_key, "since": since}, prepare=True)
-            return facts_from_rows(await cur.fetchall())
+            cur = await conn.execute(FACTS_SQL, {"u": users, "since": since}, prepare=True)
+            found = dict(zip(users, facts_from_rows(users, await cur.fetchall()), strict=True))
+        return [found[u] for u, _ in batch]
 
 
 class ThreadFacts:
