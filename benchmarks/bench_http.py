@@ -621,8 +621,21 @@ class Bench:
         self.wrk(srv.port, mode, self.args.warmup)
 
     def measure(self, target: str, workers: int, srv: Server, mode: str = "ping") -> WrkResult:
-        """The timed run (after a warm-up the caller did); recorded and returned."""
+        """The timed run (after a warm-up the caller did); recorded and returned. With
+        ``--py-spy DIR`` a one-worker server is sampled meanwhile (py-spy's raw format)."""
+        spy = None
+        if self.args.py_spy and workers == 1:
+            out = Path(self.args.py_spy) / f"{re.sub(r'[^a-z0-9]+', '-', target.lower())}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            spy = subprocess.Popen(
+                [str(BIN / "py-spy"), "record", "-p", str(srv.proc.pid), "-r", "200",
+                 "-d", str(max(1, round(self.args.duration) - 1)), "-f", "raw", "-o", str(out),
+                 "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         res = self.wrk(srv.port, mode, self.args.duration)
+        if spy is not None:
+            spy.wait(60)
         row = {"target": target, "workers": workers, **res.__dict__}
         self.runs.append(row)
         log(
@@ -1516,6 +1529,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--poll-wait", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument(
+        "--py-spy", default=None, help="sample one-worker timed runs with py-spy into this dir"
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON path (default results/http-…)")
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
