@@ -98,26 +98,64 @@ class GroupCommitter:
 
 # --- PostgreSQL: psycopg's async API ------------------------------------------------------
 
-_INSERT_OFFER = """
-INSERT INTO offers (offer_id, campaign_id, user_key, device_id, store_id, channel,
-                    coupon_code, fixed_code, title, message, value, distance_m, ping_id,
-                    issued_at, expires_at)
-VALUES (%(offer_id)s, %(campaign_id)s, %(user_key)s, %(device_id)s, %(store_id)s,
-        %(channel)s, %(coupon_code)s, %(fixed_code)s, %(title)s, %(message)s, %(value)s,
-        %(distance_m)s, %(ping_id)s, %(issued_at)s, %(expires_at)s)
-ON CONFLICT (offer_id) DO NOTHING
-"""
-_INSERT_EXPOSURE = """
-INSERT INTO exposures (campaign_id, user_key, arm, first_exposed_at, store_id)
-VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (campaign_id, user_key) DO NOTHING
-"""
+
+@dataclass(frozen=True, slots=True)
+class RowGroup:
+    """Rows of one table in a batch's statement: ``columns`` as (name, PostgreSQL type)."""
+
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    conflict: str  # the unique columns a repeated row hits (then nothing happens)
+
+    def insert(self, params: list[list[Any]]) -> tuple[str, list[list[Any]]]:
+        """``INSERT … SELECT FROM unnest(column arrays…) ON CONFLICT DO NOTHING``."""
+        names = ", ".join(name for name, _ in self.columns)
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in self.columns)
+        sql = (
+            f"INSERT INTO {self.table} ({names}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({self.conflict}) DO NOTHING"
+        )
+        return sql, params
+
+
+OFFERS = RowGroup(
+    "offers",
+    (("offer_id", "text"), ("campaign_id", "text"), ("user_key", "text"), ("device_id", "text"),
+     ("store_id", "text"), ("channel", "text"), ("coupon_code", "text"), ("fixed_code", "bool"),
+     ("title", "text"), ("message", "text"), ("value", "float8"), ("distance_m", "float8"),
+     ("ping_id", "text"), ("issued_at", "timestamptz"), ("expires_at", "timestamptz")),
+    "offer_id",
+)  # fmt: skip
+EXPOSURES = RowGroup(
+    "exposures",
+    (("campaign_id", "text"), ("user_key", "text"), ("arm", "text"),
+     ("first_exposed_at", "timestamptz"), ("store_id", "text")),
+    "campaign_id, user_key",
+)  # fmt: skip
 _OFFERS_PRESENT = "SELECT offer_id FROM offers WHERE offer_id = ANY(%s)"
 
 
+def batch_statement(groups: list[tuple[RowGroup, list[tuple[Any, ...]]]]) -> tuple[str, list[Any]]:
+    """One statement inserting every group's rows (data-modifying CTEs): one implicit
+    transaction and one round trip for the whole batch. Rows of a further table written
+    with the same change (an event outbox) join as one more group."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for group, rows in groups:
+        if not rows:
+            continue
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        sql, values = group.insert(columns)
+        parts.append(sql)
+        params += values
+    *first, last = parts
+    ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
+    return (f"WITH {ctes} {last}" if ctes else last), params
+
+
 class PostgresWriter:
-    """One transaction per batch on a psycopg async pool; rows in a fixed order so that two
-    batches touching the same keys cannot deadlock."""
+    """One statement (one transaction) per batch on a psycopg async pool, its rows in a
+    fixed order so that two batches touching the same keys cannot deadlock."""
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
@@ -128,27 +166,26 @@ class PostgresWriter:
             {(e.campaign_id, e.user_key): e for e in (i.exposure for i in batch)}.values(),
             key=lambda e: (e.campaign_id, e.user_key),
         )
+        sql, params = batch_statement(
+            [
+                (OFFERS, [tuple(o[name] for name, _ in OFFERS.columns) for o in offers]),
+                (
+                    EXPOSURES,
+                    [(e.campaign_id, e.user_key, e.arm, e.at, e.store_id) for e in exposures],
+                ),
+            ]
+        )
         try:
             async with self.pool.connection() as conn:
                 try:
-                    # One round trip: BEGIN, the inserts and COMMIT leave together.
-                    async with conn.pipeline(), conn.transaction(), conn.cursor() as cur:
-                        if offers:
-                            await cur.executemany(_INSERT_OFFER, offers)
-                        await cur.executemany(
-                            _INSERT_EXPOSURE,
-                            [
-                                (e.campaign_id, e.user_key, e.arm, e.at, e.store_id)
-                                for e in exposures
-                            ],
-                        )
+                    await conn.execute(sql, params, prepare=True)
                 except psycopg.OperationalError as exc:
-                    # Lost while writing or committing: look before giving caps back.
+                    # Lost while the statement ran: look before giving caps back.
                     ids = [o["offer_id"] for o in offers]
                     raise IssuanceFailed(str(exc), await self._committed(ids)) from exc
         except IssuanceFailed:
             raise
-        except Exception as exc:  # no connection, or an error before COMMIT: rolled back
+        except Exception as exc:  # no connection, or refused by the database: not written
             raise IssuanceFailed(repr(exc), False) from exc
 
     async def _committed(self, offer_ids: list[str]) -> bool | None:
