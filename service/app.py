@@ -34,6 +34,7 @@ from service.locations.service import PingContext
 from service.logs import setup_logging
 from service.metrics import metrics_registry, refresh_gauges
 from service.offers.issuance import GroupCommitter, PostgresWriter, ThreadWriter
+from service.offers.pool import OfferPool
 from service.offers.router import router as redemptions_router
 from service.offers.service import OfferContext, PostgresFacts, ThreadFacts
 from service.ratelimit import DeviceRateLimiter
@@ -75,7 +76,7 @@ class GeoOffersAPI(FastAPI):
 
 async def _offer_context(
     settings: Settings, engine: Any, caps: Any
-) -> tuple[OfferContext, AsyncConnectionPool[Any] | None]:
+) -> tuple[OfferContext, OfferPool | None]:
     """The offer path's database access: psycopg's async pool on PostgreSQL (facts in one
     prepared statement, issuance in group commits); SQLAlchemy in a thread on SQLite."""
     url = settings.libpq_url()
@@ -92,12 +93,10 @@ async def _offer_context(
         timeout=2.0,  # no connection within 2 s: the database is down, fail closed
         open=False,
     )
-    # Not waiting for the pool's first connection: a database down at start-up only makes
-    # offers fail closed until it is back.
-    await pool.open(wait=False)
-    writer = PostgresWriter(pool)
+    lazy = OfferPool(pool)
+    writer = PostgresWriter(lazy)
     committer = GroupCommitter(writer, settings.issue_max_batch, settings.issue_max_in_flight)
-    return OfferContext(PostgresFacts(pool), caps, committer), pool
+    return OfferContext(PostgresFacts(lazy), caps, committer), lazy
 
 
 def install_observability(app: FastAPI, settings: Settings) -> None:

@@ -19,11 +19,11 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
 
 from service.batching import Batcher
 from service.offers import repository as repo
+from service.offers.pool import OfferPool
 
 log = logging.getLogger("geo_offers.offers")
 
@@ -157,7 +157,7 @@ class PostgresWriter:
     """One statement (one transaction) per batch on a psycopg async pool, its rows in a
     fixed order so that two batches touching the same keys cannot deadlock."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: OfferPool) -> None:
         self.pool = pool
 
     async def write(self, batch: Sequence[Issuance]) -> None:

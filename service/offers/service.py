@@ -32,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import anyio.to_thread
-from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine
 
 from service.batching import Batcher
@@ -41,6 +40,7 @@ from service.campaigns.live import CampaignSet, LiveCampaign, Screen, VisitTrigg
 from service.caps.base import CapRequest, CapStore, CapUnavailable
 from service.metrics import observe_cap_rejection, observe_offer
 from service.offers.issuance import Exposure, GroupCommitter, Issuance, IssuanceFailed
+from service.offers.pool import OfferPool
 from service.reasons import Reason, furthest
 from service.users.repository import FACTS_SQL, Facts, facts_from_rows
 from service.users.service import load_facts_inputs
@@ -65,7 +65,7 @@ class PostgresFacts:
     """One prepared statement on psycopg's async pool; the users of concurrent pings are
     read together (:class:`service.batching.Batcher`)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], max_batch: int = 256) -> None:
+    def __init__(self, pool: OfferPool, max_batch: int = 256) -> None:
         self.pool = pool
         self._batcher: Batcher[tuple[str, datetime], Facts] = Batcher(
             self._read, max_batch, max_in_flight=2
