@@ -41,15 +41,21 @@ import bench_http as bh
 Scope = dict[str, Any]
 
 
+_ROUND = iter(range(1_000_000))
+
+
 def bodies(points: list[tuple[str, str, int]], n: int, devices: int) -> list[bytes]:
+    """``n`` pings of ``devices`` devices; ``devices=0``: a new device on every ping."""
     ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    run = next(_ROUND)
     out = []
     for i in range(n):
         lat, lng, acc = points[random.randrange(len(points))]
+        dev = f"ip-{random.randrange(devices)}" if devices else f"new-{run}-{i}"
         out.append(
             (
-                f'{{"device_id":"ip-{random.randrange(devices)}","lat":{lat},"lng":{lng},'
-                f'"accuracy_m":{acc},"timestamp":"{ts}","ping_id":"ip-{i}"}}'
+                f'{{"device_id":"{dev}","lat":{lat},"lng":{lng},'
+                f'"accuracy_m":{acc},"timestamp":"{ts}","ping_id":"ip-{run}-{i}"}}'
             ).encode()
         )
     return out
@@ -98,6 +104,7 @@ async def measure(
 
 async def run(args: argparse.Namespace, db_url: str, redis_url: str, key: str, points: Any) -> None:
     from service.app import create_app
+    from service.campaigns.service import import_campaigns
     from service.locations.router import answer_ping
     from service.settings import Settings
 
@@ -116,6 +123,11 @@ async def run(args: argparse.Namespace, db_url: str, redis_url: str, key: str, p
     if started["type"] != "lifespan.startup.complete":
         raise RuntimeError(f"the app did not start: {started}")
     auth = f"Bearer {key}"
+    if args.mix == "offer":  # a campaign that offers on every enter; a new device per ping
+        doc = bh.offer_campaigns(with_caps=args.caps)
+        import_campaigns(app.state.engine, doc, "c.json")
+        await app.state.campaign_holder.refresh(force=True)
+        args.devices = 0
 
     async def direct(scope: Scope, receive: Any, send: Any) -> None:
         body = (await receive())["body"]
@@ -132,7 +144,18 @@ async def run(args: argparse.Namespace, db_url: str, redis_url: str, key: str, p
         warm = bodies(points, max(args.devices * 3, 2000), args.devices)
         await measure(app, app, key.encode(), warm, args.concurrency)
         rows = [("app", app, None), ("answer_ping", direct, None)]
-        rows.append(("answer_ping, script answered in-process", direct, in_process_reply))
+        if args.mix == "ping":
+            rows.append(("answer_ping, script answered in-process", direct, in_process_reply))
+        if args.profile:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
+            await measure(app, app, key.encode(), bodies(points, args.pings, args.devices),
+                          args.concurrency)  # fmt: skip
+            prof.disable()
+            prof.dump_stats(args.profile)
+            print(f"profile of the app over {args.pings:,} pings written to {args.profile}")
         print(
             f"{args.fences:,} fences, {args.pings:,} pings x {args.repeat} rounds, "
             f"{args.concurrency} in flight, {args.devices:,} devices (states cached)"
@@ -150,6 +173,9 @@ async def run(args: argparse.Namespace, db_url: str, redis_url: str, key: str, p
             if reply is not None:
                 del store._script
             print(f"  {label:<42} {min(per):6.1f}–{max(per):6.1f} µs CPU per ping")
+        if args.mix == "offer":
+            ready = app.state.ping_context.offers.committer
+            print(f"  issuance batches: {ready.batches:,}, rows {ready.issued:,}")
     finally:
         await inbox.put({"type": "lifespan.shutdown"})
         await lifespan
@@ -163,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=500)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument(
+        "--mix",
+        choices=("ping", "offer"),
+        default="ping",
+        help="ping: known devices, half inside a fence; offer: every ping a coupon",
+    )
+    p.add_argument("--caps", action="store_true", help="offer mix: loose caps and a budget")
+    p.add_argument("--profile", default=None, help="write a cProfile of one more round here")
     p.add_argument("--pg-url", default=bh.DEFAULT_PG_URL)
     args = p.parse_args(argv)
     import uvloop
@@ -180,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         fences = bh.make_fences(args.fences, rng)
         db.load_fences(fences)
         key = bh.geo_offers("keys", "create", "--role", "sdk", "--label", "inprocess", env=env)
-        points = bh.make_points(fences, bh.N_POINTS, rng, inside_share=0.5)
+        share = 1.0 if args.mix == "offer" else 0.5
+        points = bh.make_points(fences, bh.N_POINTS, rng, inside_share=share)
         uvloop.run(run(args, db.url, redis_server.url, key, points))
     return 0
 

@@ -222,7 +222,8 @@ def report(result: dict[str, Any], p: dict[str, Any], a: argparse.Namespace, src
         L.append(
             f"  PostgreSQL per offer: {pg['inserted']} rows inserted (offer + exposure, one write "
             f"transaction), {pg['commits']} commits and {pg.get('rollbacks', 0)} rollbacks "
-            "counted (the user-facts read ends in a rollback; version polls add a few); per ping "
+            "counted (a batch of issuances is one, a batched facts read one more; version "
+            "polls add a few); per ping "
             f"without offer: {(counts.get('pg_per_ping') or {}).get('commits', 0)} commits "
             "(index and campaign version polls only)"
         )

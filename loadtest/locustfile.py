@@ -14,9 +14,11 @@ Two kinds of simulated users:
   (``POST /v1/users/{user_id}/events``) for users that the phones belong to.
 
 Every request is grouped with ``name=`` and checked with ``catch_response=True``: a 200
-whose body breaks the API contract (DESIGN §5) is a failure, and so is an answer that
-breaks a rule the SDK can see (events from a ping coarser than ``max_accuracy_m``, an offer
-for a ping older than ``offer_max_age_s``, a retry answered differently).
+whose body does not validate against the service's published OpenAPI document (its
+``/openapi.json``, read once at the start, as any client would) is a failure, and so is an
+answer that breaks a rule the SDK can see (events from a ping coarser than
+``max_accuracy_m``, an offer for a ping older than ``offer_max_age_s``, a retry answered
+differently). The scenario speaks HTTP only: it imports nothing of the service.
 
 Configuration (environment):
 
@@ -24,7 +26,7 @@ Configuration (environment):
   (default ``loadtest/reports/seed.json``);
 - ``GEO_OFFERS_SDK_KEY``, ``GEO_OFFERS_SERVER_KEY``: keys, overriding the seed file's;
 - ``GEO_OFFERS_LOAD_STORES``: without a seed file, a CSV with ``lat,lng`` (optionally
-  ``store_id``, ``radius_m``); default the demo stores of ``geo-offers serve --demo``;
+  ``store_id``, ``radius_m``), e.g. the stores file that was imported;
 - ``GEO_OFFERS_LOAD_PING_INTERVAL``: seconds between a phone's pings, ``min-max`` (2-8);
 - ``GEO_OFFERS_LOAD_BACKEND_INTERVAL``: seconds between backend calls, ``min-max`` (2-6);
 - ``GEO_OFFERS_LOAD_OFFLINE_P``: share of new phone sessions that start with an offline
@@ -48,33 +50,39 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, task
+import httpx
+from jsonschema import Draft202012Validator
+from locust import FastHttpUser, events, task
 
 HERE = Path(__file__).resolve().parent
-DEMO_STORES = HERE.parent / "service" / "demo" / "stores.csv"
 DEFAULT_SEED = HERE / "reports" / "seed.json"
 EARTH_R = 6_371_008.7714  # PostGIS's sphere (DESIGN §3)
 DEFAULT_RADIUS_M = 45.72  # 50 yards, the service's default
+OK_REASON = "offer_issued"
 
-try:
-    from service.campaigns.rules import Reason
 
-    _DECISION_REASONS = {r.value for r in Reason}
-except ImportError:  # locust on a machine without the service installed
-    _DECISION_REASONS = {
-        "consent_denied", "low_accuracy", "stale_ping", "out_of_order", "no_trigger",
-        "campaign_paused", "not_started", "ended", "outside_schedule", "quiet_hours",
-        "channel_mismatch", "not_targeted", "trigger_mismatch", "audience_not_included",
-        "audience_excluded", "exception_event", "capped", "budget_exhausted",
-        "not_in_rollout", "holdout", "lower_priority", "offer_issued", "unavailable",
-    }  # fmt: skip
-# future_ping is a 422, never a 200 answer; the other three come from the ping path itself.
-VALID_REASONS = (_DECISION_REASONS - {"future_ping"}) | {
-    "no_campaign",
-    "state_unavailable",
-    "in_progress",
-}
-EVENT_TYPES = {"enter", "dwell", "exit"}
+class Contract:
+    """The ping answers' schemas, from the service's published OpenAPI document."""
+
+    ping: Draft202012Validator | None = None
+    batch: Draft202012Validator | None = None
+
+    @classmethod
+    def load(cls, host: str) -> None:
+        spec = httpx.get(f"{host.rstrip('/')}/openapi.json", timeout=30).raise_for_status().json()
+
+        def answer(path: str) -> Draft202012Validator:
+            ok = spec["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]
+            return Draft202012Validator({**ok["schema"], "components": spec["components"]})
+
+        cls.ping = answer("/v1/locations")
+        cls.batch = answer("/v1/locations/batch")
+
+
+@events.test_start.add_listener
+def _load_contract(environment: Any, **_: Any) -> None:
+    Contract.load(environment.host)
+
 
 # A run-unique prefix: device and user ids never collide with an earlier run's state on
 # the same server (which would turn the first pings into out_of_order or capped).
@@ -122,7 +130,12 @@ def _load() -> tuple[list[Store], dict[str, str | None]]:
             for s in doc["stores"]
         ]
     else:
-        path = Path(os.environ.get("GEO_OFFERS_LOAD_STORES", DEMO_STORES))
+        if not os.environ.get("GEO_OFFERS_LOAD_STORES"):
+            raise RuntimeError(
+                f"no seed file at {seed_path}: run python -m loadtest.seed, or set "
+                "GEO_OFFERS_LOAD_SEED, or GEO_OFFERS_LOAD_STORES to a CSV of stores"
+            )
+        path = Path(os.environ["GEO_OFFERS_LOAD_STORES"])
         with path.open(newline="", encoding="utf-8-sig") as fh:
             for i, row in enumerate(csv.DictReader(fh)):
                 radius = row.get("radius_m") or DEFAULT_RADIUS_M
@@ -258,46 +271,25 @@ def iso(ts: float) -> str:
 
 
 def ping_answer_problem(doc: Any, sent: dict[str, Any], sent_at: float) -> str | None:
-    """What is wrong with one ping answer (DESIGN §5), or None.
+    """What is wrong with one ping answer, or None: its shape against the published schema
+    (DESIGN §5), then the rules the phone can check by itself.
 
     ``sent_at`` is when the request left: the server decided later, so a ping already too
     old for an offer then was too old when decided.
     """
-    if not isinstance(doc, dict):
-        return "answer is not an object"
-    if not isinstance(doc.get("ping_id"), str) or not doc["ping_id"]:
-        return "ping_id is not a non-empty string"
+    if Contract.ping is None:
+        return "the service's OpenAPI document was not loaded"
+    error = next(iter(Contract.ping.iter_errors(doc)), None)
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "answer"
+        return f"{where}: {error.message[:160]}"
     if sent.get("ping_id") and doc["ping_id"] != sent["ping_id"]:
         return f"ping_id {doc['ping_id']!r} is not the one sent"
-    events = doc.get("events")
-    if not isinstance(events, list):
-        return "events is not a list"
-    for ev in events:
-        if not isinstance(ev, dict) or ev.get("type") not in EVENT_TYPES:
-            return f"bad event {ev!r}"
-        if not isinstance(ev.get("store_id"), str):
-            return f"event without a store_id: {ev!r}"
-    reason = doc.get("reason")
-    if reason not in VALID_REASONS:
-        return f"unknown reason {reason!r}"
-    offer = doc.get("offer", "missing")
-    if offer is not None:
-        if not isinstance(offer, dict):
-            return f"offer is neither null nor an object: {offer!r}"
-        for field in ("coupon_code", "title", "expires_at"):
-            if not isinstance(offer.get(field), str) or not offer[field]:
-                return f"offer.{field} missing or not a string"
-        store = offer.get("store")
-        if not isinstance(store, dict) or not isinstance(store.get("store_id"), str):
-            return "offer.store is not an object with a store_id"
-        try:
-            datetime.fromisoformat(offer["expires_at"].replace("Z", "+00:00"))
-        except ValueError:
-            return f"offer.expires_at {offer['expires_at']!r} is not RFC 3339"
-    if (offer is not None) != (reason == "offer_issued"):
+    offer, reason = doc["offer"], doc["reason"]
+    if (offer is not None) != (reason == OK_REASON):
         return f"reason {reason!r} with offer {'present' if offer else 'null'}"
     # Rules the phone can check by itself (DESIGN §3, §4 step 2).
-    if sent["accuracy_m"] > MAX_ACCURACY_M and events:
+    if sent["accuracy_m"] > MAX_ACCURACY_M and doc["events"]:
         return f"events from a ping with accuracy {sent['accuracy_m']} m > {MAX_ACCURACY_M}"
     age = sent_at - datetime.fromisoformat(sent["timestamp"].replace("Z", "+00:00")).timestamp()
     # A few seconds of slack for clock skew when the host is another machine.

@@ -11,6 +11,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from starlette.types import Receive, Scope, Send
@@ -37,12 +38,14 @@ from service.locations.router import router as locations_router
 from service.locations.service import PingContext
 from service.logs import setup_logging
 from service.metrics import metrics_registry, refresh_gauges, set_pending_erasures
+from service.offers.issuance import GroupCommitter, PostgresWriter, ThreadWriter
+from service.offers.pool import OfferPool
 from service.offers.router import router as redemptions_router
-from service.offers.service import OfferContext
+from service.offers.service import OfferContext, PostgresFacts, ThreadFacts
 from service.ratelimit import DeviceRateLimiter
 from service.responses import ORJSONResponse
 from service.settings import Settings
-from service.state import StateUnavailable
+from service.state.base import StateUnavailable
 from service.state.memory import MemoryStateStore
 from service.state.redis_store import RedisStateStore
 from service.users.erasure import Eraser
@@ -83,6 +86,31 @@ class GeoOffersAPI(FastAPI):
             await lane(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+async def _offer_context(
+    settings: Settings, engine: Any, caps: Any
+) -> tuple[OfferContext, OfferPool | None]:
+    """The offer path's database access: psycopg's async pool on PostgreSQL (facts in one
+    prepared statement, issuance in group commits); SQLAlchemy in a thread on SQLite."""
+    url = settings.libpq_url()
+    if url is None:
+        committer = GroupCommitter(
+            ThreadWriter(engine), settings.issue_max_batch, max_in_flight=1
+        )  # SQLite has one writer at a time
+        return OfferContext(ThreadFacts(engine), caps, committer), None
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=settings.db_pool_size,
+        kwargs={"autocommit": True, "connect_timeout": 2},
+        timeout=2.0,  # no connection within 2 s: the database is down, fail closed
+        open=False,
+    )
+    lazy = OfferPool(pool)
+    writer = PostgresWriter(lazy)
+    committer = GroupCommitter(writer, settings.issue_max_batch, settings.issue_max_in_flight)
+    return OfferContext(PostgresFacts(lazy), caps, committer), lazy
 
 
 def install_observability(app: FastAPI, settings: Settings) -> None:
@@ -168,9 +196,8 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         app.state.campaign_holder = campaign_holder
         app.state.state_store = store
         app.state.cap_store = caps
-        app.state.ping_context = PingContext(
-            settings, holder, store, campaign_holder, OfferContext(engine, caps)
-        )
+        offers, pool = await _offer_context(settings, engine, caps)
+        app.state.ping_context = PingContext(settings, holder, store, campaign_holder, offers)
         eraser = app.state.eraser = Eraser(engine, store, caps)
 
         async def resume_erasures() -> bool:
@@ -199,6 +226,9 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await holder.close()
+            await offers.committer.close()
+            if pool is not None:
+                await pool.close()
             await store.close()
             await caps.close()
             engine.dispose()

@@ -227,6 +227,23 @@ class Settings(BaseSettings):
         default=7 * 86_400.0, gt=0, description="Window of the device/user sharing checks."
     )
 
+    db_pool_size: int = Field(
+        default=8,
+        ge=1,
+        description="PostgreSQL connections per worker for the offer path (facts, issuance).",
+    )
+    issue_max_batch: int = Field(
+        default=256,
+        ge=1,
+        description="Most issuances committed in one transaction (group commit).",
+    )
+    issue_max_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="Issuance transactions committing at once per worker; the next batch "
+        "forms while they commit.",
+    )
+
     @field_validator("database_url", "redis_url", "console_basemap_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
@@ -241,6 +258,14 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix) :]
         return url
+
+    def libpq_url(self) -> str | None:
+        """The PostgreSQL URL as libpq takes it (psycopg's async pool), or None on SQLite."""
+        url = self.database_url
+        if url is None or not url.startswith(("postgresql", "postgres:")):
+            return None
+        scheme, _, rest = url.partition("://")
+        return "postgresql://" + rest if "+" in scheme else url
 
     @property
     def index_root(self) -> Path:

@@ -44,3 +44,12 @@ def test_the_scan_sees_the_domain() -> None:
     modules = _domain_modules()
     for rel in ("service/errors.py", "service/locations/service.py", "geofences/index.py"):
         assert rel in modules
+
+
+@pytest.mark.parametrize("rel", sorted(p.name for p in (ROOT / "loadtest").glob("*.py")))
+def test_the_load_test_speaks_http_only(rel: str) -> None:
+    """loadtest/ is a client: it imports nothing of the service and reads none of its files."""
+    path = ROOT / "loadtest" / rel
+    mine = sorted(n for n in _imported(path) if n.split(".")[0] in ("service", "geofences"))
+    assert not mine, f"loadtest/{rel} imports {mine}"
+    assert '"service"' not in path.read_text(), f"loadtest/{rel} reads a path inside service/"

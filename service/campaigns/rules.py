@@ -13,7 +13,6 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
-from enum import StrEnum
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -31,20 +30,23 @@ from service.campaigns.spec import (
     Schedule,
     Trigger,
 )
+from service.reasons import Reason, furthest
 
 __all__ = [
     "BILLING_ISSUE_EVENTS",
     "EVENT_CLOCK_SKEW",
     "Arm",
-    "Reason",
     "assign_arm",
     "audience_reason",
     "bucket",
+    "compile_message",
     "condition_holds",
     "derive_facts",
     "exception_reason",
+    "furthest_of",
     "in_schedule",
     "rank",
+    "render",
     "render_message",
     "schedule_reason",
     "targets",
@@ -52,65 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("geo_offers.campaigns")
-
-
-class Reason(StrEnum):
-    """Every reason code a decision can carry, by DESIGN §4 step.
-
-    ======================  =====  =====================================================
-    code                    step   meaning
-    ======================  =====  =====================================================
-    consent_denied          1      ``location_consent`` is false
-    low_accuracy            2      ping accuracy too coarse
-    stale_ping              2      ping older than ``offer_max_age_s``
-    out_of_order            2      earlier than the device's last processed ping
-    future_ping             2      timestamp in the future (answered 422)
-    no_trigger              3      no enter or dwell event on this ping
-    campaign_paused         4      ``status: paused``
-    not_started             4      before ``starts_at``
-    ended                   4      at or after ``ends_at``
-    outside_schedule        4      not on a scheduled day/hour, store local time
-    quiet_hours             4      inside ``policies.quiet_hours``, store local time
-    channel_mismatch        4      the ping asks for another channel
-    not_targeted            4      the store matches neither ``store_ids`` nor ``tags``
-    trigger_mismatch        4      enter vs dwell, or dwell shorter than ``dwell_s``
-    audience_not_included   5      an ``include`` condition does not hold
-    audience_excluded       5      an ``exclude`` condition holds
-    exception_event         6      a listed event happened within its lookback
-    capped                  7      a frequency cap or the minimum gap is reached
-    budget_exhausted        8      campaign total or per-day budget used up
-    not_in_rollout          9      user outside ``rollout_pct``
-    holdout                 9      user in the control arm: exposed, no offer
-    lower_priority          10     another campaign ranked higher on this ping
-    offer_issued            11     the offer was issued
-    unavailable             any    database or cap store unreachable: fail closed
-    ======================  =====  =====================================================
-    """
-
-    CONSENT_DENIED = "consent_denied"
-    LOW_ACCURACY = "low_accuracy"
-    STALE_PING = "stale_ping"
-    OUT_OF_ORDER = "out_of_order"
-    FUTURE_PING = "future_ping"
-    NO_TRIGGER = "no_trigger"
-    CAMPAIGN_PAUSED = "campaign_paused"
-    NOT_STARTED = "not_started"
-    ENDED = "ended"
-    OUTSIDE_SCHEDULE = "outside_schedule"
-    QUIET_HOURS = "quiet_hours"
-    CHANNEL_MISMATCH = "channel_mismatch"
-    NOT_TARGETED = "not_targeted"
-    TRIGGER_MISMATCH = "trigger_mismatch"
-    AUDIENCE_NOT_INCLUDED = "audience_not_included"
-    AUDIENCE_EXCLUDED = "audience_excluded"
-    EXCEPTION_EVENT = "exception_event"
-    CAPPED = "capped"
-    BUDGET_EXHAUSTED = "budget_exhausted"
-    NOT_IN_ROLLOUT = "not_in_rollout"
-    HOLDOUT = "holdout"
-    LOWER_PRIORITY = "lower_priority"
-    OFFER_ISSUED = "offer_issued"
-    UNAVAILABLE = "unavailable"
 
 
 Arm = Literal["not_in_rollout", "control", "treatment"]
@@ -428,15 +371,18 @@ def rank(campaigns: Iterable[Campaign]) -> list[Campaign]:
 # --- message -------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=512)
-def _template(source: str) -> BoundTemplate:
+def compile_message(source: str) -> BoundTemplate:
+    """An offer message's template, parsed once (per campaign version, at load)."""
     return MESSAGE_ENV.from_string(source)
 
 
-def render_message(
-    template_source: str, attributes: Mapping[str, Any], store: Mapping[str, Any]
-) -> str:
-    """Render an offer message with the user's attributes and ``store`` in scope.
+@functools.lru_cache(maxsize=512)
+def _template(source: str) -> BoundTemplate:
+    return compile_message(source)
+
+
+def render(template: BoundTemplate, attributes: Mapping[str, Any], store: Mapping[str, Any]) -> str:
+    """Render a compiled offer message with the user's attributes and ``store`` in scope.
 
     Undefined variables render as empty (use ``| default: "there"``). Templates are
     validated on import; should rendering still fail (e.g. ``divided_by: 0`` on a user
@@ -444,7 +390,20 @@ def render_message(
     """
     context = {**attributes, "store": dict(store)}
     try:
-        return _template(template_source).render(context)
+        return template.render(context)
     except LiquidError as exc:
         log.warning("offer message did not render: %s", exc.message)
         return ""
+
+
+def render_message(
+    template_source: str, attributes: Mapping[str, Any], store: Mapping[str, Any]
+) -> str:
+    """:func:`render` from the template's source."""
+    return render(_template(template_source), attributes, store)
+
+
+def furthest_of(reasons: list[Reason]) -> Reason:
+    """The furthest of a campaign's reasons at the stores it was screened for; a campaign
+    screened at no store was not targeted."""
+    return furthest(reasons) if reasons else Reason.NOT_TARGETED

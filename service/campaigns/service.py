@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -13,8 +12,8 @@ import orjson
 from sqlalchemy import Engine
 
 from service.campaigns import repository as repo
+from service.campaigns.live import CampaignSet
 from service.campaigns.spec import (
-    Campaign,
     Policies,
     SpecError,
     campaign_from_doc,
@@ -125,14 +124,6 @@ def set_status(engine: Engine, campaign_id: str, status: str) -> dict[str, Any]:
     return _public(row)
 
 
-@dataclass(frozen=True)
-class CampaignSet:
-    version: int
-    campaigns: tuple[Campaign, ...] = ()
-    policies: Policies = field(default_factory=Policies)
-    by_id: dict[str, Campaign] = field(default_factory=dict)
-
-
 class CampaignHolder:
     """The replica's campaigns and policies, reloaded when their version changes."""
 
@@ -148,7 +139,7 @@ class CampaignHolder:
             pdoc = repo.get_policies(conn)
         campaigns = tuple(campaign_from_doc(r.doc) for r in rows)
         policies = Policies.model_validate(pdoc) if pdoc else Policies()
-        return CampaignSet(version, campaigns, policies, {c.id: c for c in campaigns})
+        return CampaignSet.build(version, campaigns, policies)
 
     def _stored_version(self) -> int:
         with self._engine.connect() as conn:

@@ -51,6 +51,7 @@ from service.caps.base import (
     CapUnavailable,
     capped,
 )
+from service.state.resp import LeanRedis, lean_client_supported
 
 # KEYS: campaign set, all set, channel set (the check order).
 # ARGV: now ms, issue id, retention ms, min gap ms (0 = none), then for each of the three sets
@@ -125,6 +126,28 @@ end
 return 1
 """
 
+# Both steps in one script, for a single Redis endpoint (one slot rule does not apply): one
+# round trip per acquire. KEYS: the user script's three, then the budget script's three.
+# ARGV: n (the user script's argument count, 0 = no user caps), its n arguments, then the
+# budget script's four ('' = no budget). Returns {0} counted | {1, scope, index} capped |
+# {2, 1 total | 2 day} budget exhausted (the user reservation given back).
+_BOTH = (
+    "local function user(KEYS, ARGV)\n" + _USER + "\nend\n"
+    "local function budget(KEYS, ARGV)\n" + _BUDGET + "\nend\n"
+    """
+local n = tonumber(ARGV[1])
+if n > 0 then
+  local r = user({KEYS[1], KEYS[2], KEYS[3]}, {unpack(ARGV, 2, n + 1)})
+  if r[1] == 1 then return r end
+end
+if ARGV[n + 2] == '' then return {0} end
+local code = budget({KEYS[4], KEYS[5], KEYS[6]}, {unpack(ARGV, n + 2, n + 5)})
+if code == 0 then return {0} end
+if n > 0 then for i = 1, 3 do redis.call('ZREM', KEYS[i], ARGV[3]) end end
+return {2, code}
+"""
+)
+
 #: what either client raises when Redis cannot answer (cluster errors are not all RedisError)
 _ERRORS = (RedisError, RedisClusterException, OSError)
 
@@ -139,16 +162,22 @@ def _esc(part: str) -> str:
 class RedisCapStore:
     """Caps and budgets on a Redis server or a Redis Cluster (``client`` may be either)."""
 
-    def __init__(self, client: Client, prefix: str, max_in_flight: int = 64) -> None:
+    def __init__(
+        self, client: Client, prefix: str, max_in_flight: int = 64, lean: LeanRedis | None = None
+    ) -> None:
+        """``lean``, when given, carries the check-and-count scripts (the offer path);
+        ``client`` (redis-py) everything else."""
         if "{" in prefix or "}" in prefix:
             # A brace in the prefix would become the hash tag of every key.
             raise ValueError("prefix must not contain '{' or '}'")
         self._r = client
+        self._lean = lean
         self._prefix = prefix
         self._user = client.register_script(_USER)
         self._user_release = client.register_script(_USER_RELEASE)
         self._budget = client.register_script(_BUDGET)
         self._budget_release = client.register_script(_BUDGET_RELEASE)
+        self._both = client.register_script(_BOTH)
         # Both clients refuse (rather than wait) once a pool is out of connections, so a
         # burst of pings queues here instead of failing closed for no reason.
         self._gate = asyncio.Semaphore(max_in_flight)
@@ -166,7 +195,8 @@ class RedisCapStore:
             client = RedisCluster.from_url(url, **opts)
         else:
             client = aioredis.Redis.from_url(url, health_check_interval=10, **opts)
-        return cls(client, prefix)
+        lean = LeanRedis(url) if lean_client_supported(url, cluster) else None
+        return cls(client, prefix, lean=lean)
 
     # -- key names ---------------------------------------------------------------------
 
@@ -182,19 +212,34 @@ class RedisCapStore:
 
     # -- the store ---------------------------------------------------------------------
 
+    @staticmethod
+    def _user_args(req: CapRequest) -> list[str | int]:
+        args: list[str | int] = [req.now_ms, req.issue_id, req.retention_ms, req.min_gap_ms]
+        for caps in (req.campaign_caps, req.global_caps, req.channel_caps):
+            args.append(len(caps))
+            for cap in caps:
+                args += [cap.count, cap.window_s * 1000]
+        return args
+
+    @staticmethod
+    def _budget_args(req: CapRequest) -> list[str | int]:
+        return [
+            -1 if req.budget_total is None else req.budget_total,
+            -1 if req.budget_per_day is None else req.budget_per_day,
+            1 if req.budget_day else 0,
+            BUDGET_DAY_TTL_S,
+        ]
+
     async def acquire(self, req: CapRequest) -> CapResult:
         user_keys = self.user_keys(req.user_key, req.campaign_id, req.channel)
         keep = req.retention_ms
+        if self._lean is not None:
+            return await self._acquire_at_once(req, user_keys)
         try:
             # Without any user cap nothing is recorded: nothing to enforce, and no window to
             # say how long to keep it.
             if keep > 0:
-                args: list[str | int] = [req.now_ms, req.issue_id, keep, req.min_gap_ms]
-                for caps in (req.campaign_caps, req.global_caps, req.channel_caps):
-                    args.append(len(caps))
-                    for cap in caps:
-                        args += [cap.count, cap.window_s * 1000]
-                res = await self._run(self._user, user_keys, args)
+                res = await self._run(self._user, user_keys, self._user_args(req))
                 if int(res[0]) == 1:
                     return capped(req, int(res[1]), int(res[2]))
             if not req.has_budget:
@@ -206,12 +251,7 @@ class RedisCapStore:
             code = await self._run(
                 self._budget,
                 self.budget_keys(req.campaign_id, req.budget_day, req.issue_id),
-                [
-                    -1 if req.budget_total is None else req.budget_total,
-                    -1 if req.budget_per_day is None else req.budget_per_day,
-                    1 if req.budget_day else 0,
-                    BUDGET_DAY_TTL_S,
-                ],
+                self._budget_args(req),
             )
         except _ERRORS as exc:
             # The reservation must not outlive a budget step we cannot see the end of; if
@@ -227,6 +267,21 @@ class RedisCapStore:
             raise CapUnavailable(str(exc)) from exc
         return BUDGET_TOTAL if int(code) == 1 else BUDGET_PER_DAY
 
+    async def _acquire_at_once(self, req: CapRequest, user_keys: tuple[str, str, str]) -> CapResult:
+        """Both steps in one script and one round trip (a single Redis endpoint)."""
+        user_args = self._user_args(req) if req.retention_ms > 0 else []
+        budget_args = self._budget_args(req) if req.has_budget else [""]
+        keys = [*user_keys, *self.budget_keys(req.campaign_id, req.budget_day, req.issue_id)]
+        try:
+            res = await self._run(self._both, keys, [len(user_args), *user_args, *budget_args])
+        except _ERRORS as exc:
+            raise CapUnavailable(str(exc)) from exc
+        if int(res[0]) == 1:
+            return capped(req, int(res[1]), int(res[2]))
+        if int(res[0]) == 2:
+            return BUDGET_TOTAL if int(res[1]) == 1 else BUDGET_PER_DAY
+        return OK
+
     async def _drop_reservation(
         self, keys: tuple[str, str, str], issue_id: str, keep: int, *, raise_errors: bool = False
     ) -> None:
@@ -240,6 +295,10 @@ class RedisCapStore:
                 raise
 
     async def _run(self, script: AsyncScript, keys: Sequence[str], args: list[str | int]) -> Any:
+        if self._lean is not None:  # pipelined on one connection: no pool to run out of
+            source = script.script
+            body = source.encode() if isinstance(source, str) else bytes(source)
+            return await self._lean.evalsha(script.sha, body, list(keys), list(args))
         await self._initialize()
         async with self._gate:
             return await script(keys=keys, args=args)
@@ -313,4 +372,6 @@ class RedisCapStore:
             return False
 
     async def close(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._r.aclose()

@@ -17,7 +17,7 @@ from service.caps.base import CapUnavailable
 from service.errors import DomainError
 from service.limits import CONTROL_REASON, NO_CONTROL, TEXT
 from service.responses import ORJSONResponse
-from service.state import StateUnavailable
+from service.state.base import StateUnavailable
 
 log = logging.getLogger("geo_offers.errors")
 

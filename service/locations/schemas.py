@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from service.reasons import ANSWER_REASONS, Reason
 
 
 class PingIn(BaseModel):
@@ -31,18 +33,75 @@ class PingBatchIn(BaseModel):
 
 
 class EventOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     type: Literal["enter", "dwell", "exit"]
     store_id: str
     distance_m: float | None = None
     dwell_s: float | None = None
 
 
+class StoreRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    store_id: str
+    name: str
+
+
+class Offer(BaseModel):
+    """An issued offer: its coupon code redeems once (``POST /v1/redemptions``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    offer_id: str
+    campaign_id: str
+    coupon_code: str
+    title: str
+    message: str
+    value: float
+    channel: Literal["push", "in_app"]
+    expires_at: AwareDatetime
+    store: StoreRef
+    distance_m: float
+
+
+class CampaignDecision(BaseModel):
+    """One campaign's reason on this ping (``explain=true``); ``cap`` names the cap that
+    refused, for ``capped`` and ``budget_exhausted``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    campaign_id: str
+    reason: Reason
+    cap: str | None = None
+
+
+# A Reason a 200 answer can carry (future_ping is a 422): the schema lists exactly those.
+AnswerReason = Annotated[
+    Reason,
+    WithJsonSchema(
+        {"type": "string", "enum": [r.value for r in ANSWER_REASONS], "title": "AnswerReason"}
+    ),
+]
+
+
 class PingOut(BaseModel):
+    """The answer to one ping: its visit events, at most one offer, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
     ping_id: str
     events: list[EventOut]
-    offer: dict[str, object] | None
-    reason: str
+    offer: Offer | None
+    reason: AnswerReason = Field(
+        description="Why this answer (`offer_issued` with an offer); see the Reason codes."
+    )
+    decisions: list[CampaignDecision] | None = Field(
+        default=None, description="Every campaign's reason; only with `explain=true`."
+    )
 
 
 class PingBatchOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     results: list[PingOut]

@@ -1,6 +1,12 @@
-"""Deciding what one ping means: checks of DESIGN §4 step 2, then visit events.
+"""One ping, forward through named stages, each returning a typed value:
 
-Reason codes, in the order they are decided:
+parse and authorise (:mod:`service.locations.router`) → :func:`step_visit` (the device's
+state stepped and stored, or the ping's first answer replayed) → :func:`decide` (the offer
+decision, only when a campaign passed step 4) → :func:`issue` (its rows committed) →
+the answer.
+
+The reason codes of DESIGN §4 steps 1-4 are decided in :func:`step_visit`, without I/O
+beyond the one state-store call:
 
 - ``out_of_order``: earlier than the device's last processed ping; nothing changes.
 - ``low_accuracy``: ``accuracy_m`` above ``max_accuracy_m``; no events (the ping still
@@ -8,12 +14,12 @@ Reason codes, in the order they are decided:
 - events are computed (enter / dwell / exit);
 - ``stale_ping``: older than ``offer_max_age_s`` — its events are kept (an offline batch
   still records the visit) but it may never bring an offer;
-- ``no_trigger``: no enter or dwell event;
+- ``no_trigger``: no campaign's trigger fires on the device's visits;
 - ``no_campaign``: an enter or dwell happened and there are no campaigns at all;
-- otherwise the offer decision of :mod:`service.offers.service` (``offer_issued``,
-  ``holdout``, ``capped``, …). That decision runs after the device's state step has been
-  stored with a provisional answer, so a retry of the same ping that arrives meanwhile
-  waits for the final answer instead of deciding twice.
+- step 4 (:meth:`service.campaigns.live.CampaignSet.screen`): when no campaign passes it,
+  the furthest campaign reason (``campaign_paused``, ``not_targeted``, …) is the answer;
+  otherwise the answer is provisional (``in_progress``, stored so that a retry arriving
+  meanwhile waits instead of deciding twice) and the offer decision follows.
 - ``consent_denied``: the user withdrew location consent; the device's state is dropped.
 - ``state_unavailable``: the device-state backend is down; no events, no offer, still 200.
 
@@ -33,19 +39,30 @@ from typing import Any
 import orjson
 
 from geofences.visits import DeviceState, VisitEvent, step
-from service.campaigns.service import CampaignHolder, CampaignSet
+from service.campaigns.live import CampaignSet, Screen, VisitTrigger
+from service.campaigns.service import CampaignHolder
 from service.errors import FuturePing
 from service.fences.live import IndexHolder
 from service.locations.schemas import PingIn
 from service.metrics import observe_ping
-from service.offers.service import OfferContext, VisitTrigger, could_fire
-from service.offers.service import decide as decide_offer
+from service.offers.service import (
+    Decision,
+    OfferContext,
+    PingRef,
+    decide,
+    decisions_doc,
+    issue,
+    screened_reason,
+)
+from service.reasons import Reason
 from service.settings import Settings
-from service.state import StateStore, StateUnavailable
+from service.state.base import ConsentDenied, Replayed, StateStore, StateUnavailable, Stored
 
 log = logging.getLogger("geo_offers.locations")
 
 _PING_NS = uuid.UUID("5b0c8d3e-3f4a-4b8e-9a51-6c1f0f2f6a10")
+#: How long a retry waits for the decision of its first attempt, in polls.
+_AWAIT_POLLS, _AWAIT_POLL_S = 40, 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +91,34 @@ def check_not_future(ping: PingIn, settings: Settings, now: float, where: str = 
         )
 
 
-def _answer(
-    pid: str,
+def answer_bytes(
+    ping_id: str,
     events: list[dict[str, Any]],
-    reason: str,
+    reason: Reason,
     offer: dict[str, Any] | None = None,
-    pending: bool = False,
+    decisions: list[dict[str, Any]] | None = None,
 ) -> bytes:
-    body: dict[str, Any] = {"ping_id": pid, "events": events, "offer": offer, "reason": reason}
-    if pending:
-        body["pending"] = True
+    """The ping answer (``PingOut``); ``decisions`` only under ``explain``."""
+    body: dict[str, Any] = {"ping_id": ping_id, "events": events, "offer": offer, "reason": reason}
+    if decisions is not None:
+        body["decisions"] = decisions
     return orjson.dumps(body)
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """What stepping the device's state made of a ping (a :class:`StepResult`)."""
+
+    state: dict[str, Any] | None  # the new state document; None keeps the current one
+    reason: Reason
+    answer: bytes  # remembered for retries
+    events: list[dict[str, Any]]
+    screen: Screen | None = None  # step 4's verdict, when some campaign's trigger fired
+
+    @property
+    def pending(self) -> bool:
+        """A campaign passed step 4: the offer decision follows."""
+        return self.screen is not None and bool(self.screen.candidates)
 
 
 def _triggers(
@@ -118,138 +152,161 @@ def _triggers(
     return out
 
 
-async def process_ping(
-    ctx: PingContext, ping: PingIn, now: float | None = None, explain: bool = False
-) -> bytes:
-    """Process one (already validated, not future) ping; returns the JSON answer."""
-    body = await _process(ctx, ping, now, explain)
-    observe_ping(_reason_of(body))
-    return body
+class Stepper:
+    """The state step of one ping (DESIGN §4 steps 2-4), run by the state store on the
+    device's current state; it may run more than once (compare-and-set retries)."""
 
+    __slots__ = ("campaigns", "inaccurate", "index", "matches", "now", "pid", "ping", "settings")
 
-def _reason_of(body: bytes) -> str:
-    # The answer is ours and flat: a byte search is far cheaper than parsing it again.
-    start = body.find(b'"reason":"')
-    if start < 0:
-        return "unknown"
-    start += 10
-    return body[start : body.index(b'"', start)].decode()
+    def __init__(
+        self, ctx: PingContext, ping: PingIn, pid: str, campaigns: CampaignSet, now: float
+    ) -> None:
+        self.settings = ctx.settings
+        self.ping = ping
+        self.pid = pid
+        self.campaigns = campaigns
+        self.now = now
+        index = ctx.holder.index
+        assert index is not None, "pings are only routed once the index is loaded"
+        self.index = index
+        self.inaccurate = ping.accuracy_m > ctx.settings.max_accuracy_m
+        self.matches = None if self.inaccurate else index.match(ping.lat, ping.lng)
 
+    def _visit(
+        self,
+        state: DeviceState | None,
+        reason: Reason,
+        events: list[dict[str, Any]] | None = None,
+        screen: Screen | None = None,
+    ) -> Visit:
+        events = events or []
+        doc = state.to_doc() if state is not None else None
+        if screen is not None and screen.candidates:
+            reason = Reason.IN_PROGRESS
+        return Visit(doc, reason, answer_bytes(self.pid, events, reason), events, screen)
 
-async def _process(ctx: PingContext, ping: PingIn, now: float | None, explain: bool) -> bytes:
-    settings = ctx.settings
-    now = time.time() if now is None else now
-    pid = ping_key(ping)
-    ts = ping.timestamp.timestamp()
-    index = ctx.holder.index
-    assert index is not None, "pings are only routed once the index is loaded"
-    user_key = ping.user_id or ping.device_id
-    campaigns = ctx.campaigns.current
-    outcome: dict[str, Any] = {}
-    inaccurate = ping.accuracy_m > settings.max_accuracy_m
-    matches = None if inaccurate else index.match(ping.lat, ping.lng)
-
-    def decide(doc: dict[str, Any] | None) -> tuple[dict[str, Any] | None, bytes]:
-        outcome.clear()
+    def __call__(self, doc: dict[str, Any] | None) -> Visit:
+        ping, settings = self.ping, self.settings
+        ts = ping.timestamp.timestamp()
         state = DeviceState.from_doc(doc) if doc is not None else None
         if state is not None and ts < state.last_ts:
-            return None, _answer(pid, [], "out_of_order")
-        if inaccurate:
+            return self._visit(None, Reason.OUT_OF_ORDER)
+        if self.inaccurate:
             if state is None:
-                return DeviceState(last_ts=ts).to_doc(), _answer(pid, [], "low_accuracy")
+                state = DeviceState(last_ts=ts)
             state.last_ts = ts
-            return state.to_doc(), _answer(pid, [], "low_accuracy")
+            return self._visit(state, Reason.LOW_ACCURACY)
         new_state, events = step(
             state,
-            index,
+            self.index,
             ping.lat,
             ping.lng,
             ts,
             dwell_s=settings.dwell_s,
             state_ttl_s=settings.state_ttl_s,
             exit_margin_m=settings.exit_margin_m,
-            matches=matches,
+            matches=self.matches,
         )
         event_docs = [e.to_dict() for e in events]
-        if now - ts > settings.offer_max_age_s:
-            return new_state.to_doc(), _answer(pid, event_docs, "stale_ping")
+        if self.now - ts > settings.offer_max_age_s:
+            return self._visit(new_state, Reason.STALE_PING, event_docs)
         if state is not None and ts - state.last_ts > settings.state_ttl_s:
             state = None
-        triggers = _triggers(state, new_state, events, ts, index, ping.lat, ping.lng)
-        if triggers and could_fire(campaigns, triggers):
-            provisional = _answer(pid, event_docs, "pending", pending=True)
-            outcome.update(events=event_docs, triggers=triggers, body=provisional)
-            return new_state.to_doc(), provisional
-        if not campaigns.campaigns and any(e.type in ("enter", "dwell") for e in events):
-            reason = "no_campaign"
-        else:
-            reason = "no_trigger"
-        return new_state.to_doc(), _answer(pid, event_docs, reason)
+        campaigns = self.campaigns
+        triggers = _triggers(state, new_state, events, ts, self.index, ping.lat, ping.lng)
+        if triggers and campaigns.any_fires(triggers):
+            when = datetime.fromtimestamp(self.now, UTC)
+            screen = campaigns.screen(self.index, triggers, ping.channel, when)
+            reason = screened_reason(campaigns, screen)
+            return self._visit(new_state, reason, event_docs, screen)
+        if not campaigns.live and any(e.type in ("enter", "dwell") for e in events):
+            return self._visit(new_state, Reason.NO_CAMPAIGN, event_docs)
+        return self._visit(new_state, Reason.NO_TRIGGER, event_docs)
 
+
+async def step_visit(
+    ctx: PingContext, stepper: Stepper, user_key: str
+) -> Stored[Visit] | Replayed | ConsentDenied:
+    """Step the device's state for this ping in the state store (one round trip in the
+    steady state), or replay the ping's first answer."""
     # No fence here (or too inaccurate to tell): the outcome is the same for every state
     # without a visit, so the store need not read the state first (StateStore.process).
-    idle_at = None if matches else ts
+    ts = stepper.ping.timestamp.timestamp()
+    idle_at = None if stepper.matches else ts
+    return await ctx.store.process(stepper.ping.device_id, stepper.pid, stepper, user_key, idle_at)
+
+
+async def process_ping(
+    ctx: PingContext, ping: PingIn, now: float | None = None, explain: bool = False
+) -> bytes:
+    """Process one (already validated, not future) ping; returns the JSON answer."""
+    now = time.time() if now is None else now
+    pid = ping_key(ping)
+    user_key = ping.user_id or ping.device_id
+    campaigns = ctx.campaigns.current
+    stepper = Stepper(ctx, ping, pid, campaigns, now)
     try:
-        body = await ctx.store.process(ping.device_id, pid, decide, user_key, idle_at)
-        if body is None:  # consent withdrawn: the store dropped and keeps nothing
-            return _answer(pid, [], "consent_denied")
+        outcome = await step_visit(ctx, stepper, user_key)
     except StateUnavailable as exc:
         log.warning(
             "device state unavailable", extra={"event": "state_unavailable", "error": str(exc)}
         )
-        return _answer(pid, [], "state_unavailable")
-    if outcome.get("body") is body:  # this call stored the provisional answer: decide now
-        return await _finish(ctx, ping, pid, user_key, campaigns, index, outcome, now, explain)
-    if b'"pending":true' in body:
-        return await _await_final(ctx, ping.device_id, pid, body)
+        return _answered(Reason.STATE_UNAVAILABLE, answer_bytes(pid, [], Reason.STATE_UNAVAILABLE))
+    match outcome:
+        case ConsentDenied():
+            reason = Reason.CONSENT_DENIED
+            return _answered(reason, answer_bytes(pid, [], reason))
+        case Replayed(pending=True):
+            replay = await _await_final(ctx, ping.device_id, pid, outcome)
+            return _answered(Reason(replay.reason), replay.answer)
+        case Replayed():
+            return _answered(Reason(outcome.reason), outcome.answer)
+        case Stored(result=visit) if visit.pending:
+            assert visit.screen is not None
+            ref = PingRef(ping.device_id, user_key, pid, ping.channel)
+            decision = await _decide_and_issue(ctx, campaigns, ref, visit.screen, now)
+            offer = decision.offer.to_doc() if decision.offer is not None else None
+            final = answer_bytes(pid, visit.events, decision.reason, offer)
+            try:
+                await ctx.store.finish(ping.device_id, pid, decision.reason, final)
+            except StateUnavailable:
+                log.warning("final answer not stored; a retry will see the provisional one")
+            if explain:
+                final = answer_bytes(pid, visit.events, decision.reason, offer, decision.decisions)
+            return _answered(decision.reason, final)
+        case Stored(result=visit):
+            if explain:
+                decisions = decisions_doc(visit.screen.reasons) if visit.screen else []
+                body = answer_bytes(pid, visit.events, visit.reason, None, decisions)
+                return _answered(visit.reason, body)
+            return _answered(visit.reason, visit.answer)
+    raise AssertionError(f"unexpected outcome {outcome!r}")
+
+
+def _answered(reason: Reason, body: bytes) -> bytes:
+    observe_ping(reason)
     return body
 
 
-async def _finish(
-    ctx: PingContext,
-    ping: PingIn,
-    pid: str,
-    user_key: str,
-    campaigns: CampaignSet,
-    index: Any,
-    outcome: dict[str, Any],
-    now: float,
-    explain: bool,
-) -> bytes:
-    decision = await decide_offer(
-        ctx.offers,
-        campaigns,
-        index,
-        device_id=ping.device_id,
-        user_key=user_key,
-        ping_key=pid,
-        channel=ping.channel,
-        triggers=outcome["triggers"],
-        now=datetime.fromtimestamp(now, UTC),
-    )
-    final = _answer(pid, outcome["events"], decision.reason, decision.offer)
-    try:
-        await ctx.store.finish(ping.device_id, pid, final)
-    except StateUnavailable:
-        log.warning("final answer not stored; a retry will see the provisional one")
-    if explain:
-        doc = orjson.loads(final)
-        doc["decisions"] = decision.decisions
-        return orjson.dumps(doc)
-    return final
+async def _decide_and_issue(
+    ctx: PingContext, campaigns: CampaignSet, ref: PingRef, screen: Screen, now: float
+) -> Decision:
+    when = datetime.fromtimestamp(now, UTC)
+    verdict = await decide(ctx.offers, campaigns, ref, screen, when)
+    if isinstance(verdict, Decision):
+        return verdict
+    return await issue(ctx.offers, verdict, ref, ctx.holder.index, when)
 
 
-async def _await_final(ctx: PingContext, device_id: str, pid: str, body: bytes) -> bytes:
-    """A retry of a ping whose offer decision is still running: wait briefly for it."""
-    for _ in range(40):
-        await asyncio.sleep(0.05)
+async def _await_final(ctx: PingContext, device_id: str, pid: str, first: Replayed) -> Replayed:
+    """A retry of a ping whose offer decision is still running: wait briefly for it; if it
+    does not come, the provisional answer (``in_progress``, no offer)."""
+    for _ in range(_AWAIT_POLLS):
+        await asyncio.sleep(_AWAIT_POLL_S)
         try:
             current = await ctx.store.answer(device_id, pid)
         except StateUnavailable:
             break
-        if current is not None and b'"pending":true' not in current:
+        if current is not None and not current.pending:
             return current
-    doc = orjson.loads(body)
-    doc.pop("pending", None)
-    doc["reason"] = "in_progress"
-    return orjson.dumps(doc)
+    return Replayed(first.reason, first.answer, False)

@@ -1,28 +1,23 @@
-"""The eligibility pipeline of DESIGN §4 and the issuance of at most one offer per ping.
+"""The offer decision for a ping whose visits passed step 4, and the issuance of at most one
+offer: DESIGN §4 steps 5-11, the steps that need the user's facts, the cap store and the
+database.
 
-Order, each step with its reason code (the campaign's ``decisions`` entry under
-``?explain=true``):
+Steps 1-4 are decided before any I/O: consent and the ping's own checks by the ping
+pipeline (:mod:`service.locations.service`), step 4 by
+:meth:`service.campaigns.live.CampaignSet.screen`. Here, per candidate campaign:
 
-1. consent: ``consent_denied`` (checked before any state is touched; see locations);
-2. the ping: ``low_accuracy``, ``stale_ping``, ``out_of_order`` (locations);
-3. trigger: no enter event and no dwell crossing → ``no_trigger`` for the ping;
-4. campaign: ``channel_mismatch`` (the ping names another channel), ``not_targeted``
-   (checked first: a schedule answer for a store the campaign does not run at would
-   mislead), ``campaign_paused``, ``not_started``, ``ended``, ``outside_schedule``,
-   ``quiet_hours`` (store local time), ``trigger_mismatch``;
 5. audience: ``audience_not_included``, ``audience_excluded``;
 6. exception events: ``exception_event``;
-7-9. rollout is checked first (``not_in_rollout``: a user outside a campaign's rollout must
-   not use up caps for it), then caps and budget are counted atomically (``capped``,
-   ``budget_exhausted``; the control arm counts against the user's caps as a virtual offer,
-   not against the budget), then the holdout arm (``holdout``: recorded as exposed, no
-   offer);
+7-9. rollout first (``not_in_rollout``: a user outside a campaign's rollout must not use up
+   caps for it), then caps and budget counted atomically (``capped``, ``budget_exhausted``;
+   the control arm counts against the user's caps as a virtual offer, not against the
+   budget), then the holdout arm (``holdout``: recorded as exposed, no offer);
 10. rank: priority, offer value, campaign id; campaigns after the winner: ``lower_priority``;
-11. issue: ``offer_issued`` — rendered, coded, written to the database before the answer.
-Backend trouble (database or cap store unreachable) fails closed: ``unavailable``, no offer.
+11. issue: ``offer_issued`` — rendered, coded, committed to the database before the answer
+    (:mod:`service.offers.issuance`).
 
-A dwell campaign triggers once per visit: at the first ping whose time inside (by ping
-timestamps) reaches its ``dwell_s``.
+Backend trouble (database or cap store unreachable) fails closed: ``unavailable``, no offer;
+caps and budget taken for rows that were not written are given back.
 """
 
 from __future__ import annotations
@@ -31,20 +26,23 @@ import base64
 import logging
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import anyio.to_thread
 from sqlalchemy import Engine
 
-from geofences import FenceIndex
+from service.batching import Batcher
 from service.campaigns import rules
-from service.campaigns.service import CampaignSet
-from service.campaigns.spec import Campaign
-from service.caps.base import Cap, CapRequest, CapStore, CapUnavailable
+from service.campaigns.live import CampaignSet, LiveCampaign, Screen, VisitTrigger
+from service.caps.base import CapRequest, CapStore, CapUnavailable
 from service.metrics import observe_cap_rejection, observe_offer
-from service.offers import repository as repo
+from service.offers.issuance import Exposure, GroupCommitter, Issuance, IssuanceFailed
+from service.offers.pool import OfferPool
+from service.reasons import Reason, furthest
+from service.users.repository import FACTS_SQL, Facts, facts_from_rows
 from service.users.service import load_facts_inputs
 
 log = logging.getLogger("geo_offers.offers")
@@ -53,146 +51,195 @@ _OFFER_NS = uuid.UUID("0b7f3c52-3c1e-4a7e-8f35-7d8f5d3c9e21")
 #: How far back events are read for derived facts and exception windows.
 FACTS_LOOKBACK = timedelta(days=35)
 
-ORDER = (
-    "not_targeted", "channel_mismatch", "campaign_paused", "not_started", "ended",
-    "outside_schedule", "quiet_hours", "trigger_mismatch", "audience_not_included",
-    "audience_excluded", "exception_event", "not_in_rollout", "capped", "budget_exhausted",
-    "lower_priority", "holdout", "unavailable", "offer_issued",
-)  # fmt: skip
-_RANK = {r: i for i, r in enumerate(ORDER)}
+Attributes = dict[str, Any]
+Events = list[tuple[str, datetime]]
+
+
+class FactsReader(Protocol):
+    async def load(self, user_key: str, since: datetime) -> tuple[Attributes, Events]:
+        """The user's attributes and the events the rules need, in one round trip."""
+        ...
+
+
+class PostgresFacts:
+    """One prepared statement on psycopg's async pool; the users of concurrent pings are
+    read together (:class:`service.batching.Batcher`)."""
+
+    def __init__(self, pool: OfferPool, max_batch: int = 256) -> None:
+        self.pool = pool
+        self._batcher: Batcher[tuple[str, datetime], Facts] = Batcher(
+            self._read, max_batch, max_in_flight=2
+        )
+
+    async def load(self, user_key: str, since: datetime) -> tuple[Attributes, Events]:
+        return await self._batcher.submit((user_key, since))
+
+    async def _read(self, batch: Sequence[tuple[str, datetime]]) -> list[Facts]:
+        users = list(dict.fromkeys(u for u, _ in batch))
+        # The earliest lookback of the batch (they differ by microseconds): an event at the
+        # edge is then "recent" rather than "latest before", which no rule tells apart.
+        since = min(s for _, s in batch)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(FACTS_SQL, {"u": users, "since": since}, prepare=True)
+            found = dict(zip(users, facts_from_rows(users, await cur.fetchall()), strict=True))
+        return [found[u] for u, _ in batch]
+
+
+class ThreadFacts:
+    """The embedded default: SQLAlchemy in a worker thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def load(self, user_key: str, since: datetime) -> tuple[Attributes, Events]:
+        return await anyio.to_thread.run_sync(load_facts_inputs, self.engine, user_key, since)
 
 
 @dataclass(frozen=True, slots=True)
-class VisitTrigger:
-    """A fence the device is inside after this ping."""
+class OfferContext:
+    facts: FactsReader
+    caps: CapStore
+    committer: GroupCommitter
 
+
+@dataclass(frozen=True, slots=True)
+class PingRef:
+    """The ping an offer decision is for."""
+
+    device_id: str
+    user_key: str  # user_id, else device_id
+    ping_key: str
+    channel: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """An issued offer, as answered (DESIGN §5)."""
+
+    offer_id: str
+    campaign_id: str
+    coupon_code: str
+    title: str
+    message: str
+    value: float
+    channel: str
+    expires_at: datetime
     store_id: str
-    entered: bool  # this ping is the enter
-    dwell_s: float  # time inside at this ping, by ping timestamps
-    prev_dwell_s: float | None  # time inside at the previous ping (None: entered now)
+    store_name: str
     distance_m: float
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "offer_id": self.offer_id,
+            "campaign_id": self.campaign_id,
+            "coupon_code": self.coupon_code,
+            "title": self.title,
+            "message": self.message,
+            "value": self.value,
+            "channel": self.channel,
+            "expires_at": self.expires_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "store": {"store_id": self.store_id, "name": self.store_name},
+            "distance_m": round(self.distance_m, 2),
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    offer: dict[str, Any] | None
-    reason: str
-    decisions: list[dict[str, Any]]
+    reason: Reason
+    offer: Offer | None
+    decisions: list[dict[str, Any]]  # per campaign, for ``explain``
 
 
-def fires(campaign: Campaign, t: VisitTrigger) -> bool:
-    trig = campaign.trigger
-    if trig.type == "enter":
-        return t.entered
-    need = float(trig.dwell_s or 0)
-    before = -1.0 if t.prev_dwell_s is None else t.prev_dwell_s
-    return before < need <= t.dwell_s
+def decisions_doc(
+    reasons: dict[str, Reason], extra: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    extra = extra or {}
+    return [
+        {"campaign_id": cid, "reason": r, **extra.get(cid, {})}
+        for cid, r in sorted(reasons.items())
+    ]
 
 
-def could_fire(campaigns: CampaignSet, triggers: list[VisitTrigger]) -> bool:
-    """Cheap pre-check on the hot path: is there anything to decide at all?"""
-    return any(fires(c, t) for c in campaigns.campaigns for t in triggers)
+def screened_reason(campaigns: CampaignSet, screen: Screen) -> Reason:
+    """The answer of a ping none of whose campaigns passed step 4."""
+    if not screen.reasons:
+        return Reason.NO_CAMPAIGN
+    return furthest(screen.reasons.values())
 
 
-def _furthest(reasons: list[str]) -> str:
-    return max(reasons, key=lambda r: _RANK.get(r, -1))
-
-
-def _caps(specs: Any) -> tuple[Cap, ...]:
-    return tuple(Cap(count=c.count, window_s=int(c.window)) for c in specs or ())
-
-
-def _coupon_code(campaign: Campaign) -> tuple[str, bool]:
-    coupon = campaign.offer.coupon
+def _coupon_code(campaign: LiveCampaign) -> tuple[str, bool]:
+    coupon = campaign.campaign.offer.coupon
     if coupon.type == "fixed":
         return str(coupon.code), True
     # 80 random bits, base32 without padding: 16 characters, no 0/1/8/9 ambiguity.
     return f"{coupon.prefix}{base64.b32encode(secrets.token_bytes(10)).decode()}", False
 
 
-@dataclass
-class OfferContext:
-    engine: Engine
-    caps: CapStore
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """The campaign a decision picked for this ping, its caps and budget counted."""
+
+    campaign: LiveCampaign
+    trigger: VisitTrigger
+    treatment: bool  # False: the holdout arm (exposure only)
+    offer_id: str
+    counted: CapRequest | None  # what to give back if the rows cannot be written
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Steps 5-10 done: a pick to issue, and every other campaign's reason."""
+
+    pick: Pick
+    attributes: Attributes
+    reasons: dict[str, Reason]
+    extra: dict[str, dict[str, Any]]
 
 
 async def decide(
     ctx: OfferContext,
     campaigns: CampaignSet,
-    index: FenceIndex,
-    *,
-    device_id: str,
-    user_key: str,
-    ping_key: str,
-    channel: str | None,
-    triggers: list[VisitTrigger],
+    ping: PingRef,
+    screen: Screen,
     now: datetime,
-) -> Decision:
-    """Run steps 4-11 for one ping whose triggers :func:`could_fire`."""
-    policies = campaigns.policies
-    reasons: dict[str, str] = {}
+) -> Verdict | Decision:
+    """Steps 5-10 for the candidates of ``screen`` (at least one): a :class:`Verdict` to
+    issue, or the :class:`Decision` when no campaign got that far."""
+    reasons = dict(screen.reasons)
     extra: dict[str, dict[str, Any]] = {}
-    staged: list[tuple[Campaign, VisitTrigger]] = []
-    by_distance = sorted(triggers, key=lambda t: (t.distance_m, t.store_id))
-    for c in campaigns.campaigns:
-        if channel is not None and c.channel != channel:
-            reasons[c.id] = "channel_mismatch"
-            continue
-        seen: list[str] = []
-        for t in by_distance:
-            fence = index.get(t.store_id)
-            if fence is None:
-                continue
-            # Targeting first: "outside_schedule" would be a misleading answer for a store
-            # the campaign does not run at.
-            r = None if rules.targets(c, fence.store_id, fence.tags) else "not_targeted"
-            if r is None:
-                r = rules.schedule_reason(c, policies, now, fence.timezone)
-            if r is None and not fires(c, t):
-                r = "trigger_mismatch"
-            if r is None:
-                staged.append((c, t))
-                break
-            seen.append(r)
-        else:
-            reasons[c.id] = _furthest(seen) if seen else "not_targeted"
-    if not staged:
-        return _no_offer(reasons, extra)
-
+    user_key = ping.user_key
     try:
-        attrs, events = await anyio.to_thread.run_sync(
-            load_facts_inputs, ctx.engine, user_key, now - FACTS_LOOKBACK
-        )
+        attrs, events = await ctx.facts.load(user_key, now - FACTS_LOOKBACK)
     except Exception:
         log.exception("user facts unavailable")
-        for c, _ in staged:
-            reasons[c.id] = "unavailable"
+        for lc, _ in screen.candidates:
+            reasons[lc.id] = Reason.UNAVAILABLE
         return _no_offer(reasons, extra)
     if attrs.get("location_consent") is False:
-        return Decision(None, "consent_denied", [])
+        return Decision(Reason.CONSENT_DENIED, None, [])
     facts = rules.derive_facts(attrs, events, now)
-    eligible: dict[str, tuple[Campaign, VisitTrigger]] = {}
-    for c, t in staged:
+    eligible: dict[LiveCampaign, VisitTrigger] = {}
+    for lc, t in screen.candidates:
+        c = lc.campaign
         r = rules.audience_reason(c.audience, facts) or rules.exception_reason(
             c.exceptions, events, now
         )
         if r is not None:
-            reasons[c.id] = r
+            reasons[lc.id] = r
         else:
-            eligible[c.id] = (c, t)
+            eligible[lc] = t
 
-    offer: dict[str, Any] | None = None
-    final: str | None = None
-    for c in rules.rank([c for c, _ in eligible.values()]):
-        if final is not None:
-            reasons[c.id] = "lower_priority"
+    pick: Pick | None = None
+    for lc in sorted(eligible, key=lambda x: (-x.campaign.priority, -x.campaign.offer.value, x.id)):
+        c = lc.campaign
+        if pick is not None:
+            reasons[lc.id] = Reason.LOWER_PRIORITY
             continue
-        t = eligible[c.id][1]
         arm = rules.assign_arm(c, user_key)
         if arm == "not_in_rollout":
-            reasons[c.id] = "not_in_rollout"
+            reasons[lc.id] = Reason.NOT_IN_ROLLOUT
             continue
-        offer_id = uuid.uuid5(_OFFER_NS, f"{device_id}|{ping_key}|{c.id}").hex
+        offer_id = uuid.uuid5(_OFFER_NS, f"{ping.device_id}|{ping.ping_key}|{c.id}").hex
         treatment = arm == "treatment"
         req = CapRequest(
             user_key=user_key,
@@ -200,114 +247,111 @@ async def decide(
             channel=c.channel,
             issue_id=offer_id,
             now=now.timestamp(),
-            campaign_caps=_caps(c.caps),
-            global_caps=_caps(policies.caps),
-            channel_caps=_caps(policies.channel_caps.get(c.channel, ())),
-            min_gap_s=int(policies.min_gap) if policies.min_gap else None,
+            campaign_caps=lc.caps,
+            global_caps=campaigns.global_caps,
+            channel_caps=campaigns.channel_caps.get(c.channel, ()),
+            min_gap_s=campaigns.min_gap_s,
             budget_total=c.budget.total if treatment else None,
             budget_per_day=c.budget.per_day if treatment else None,
             budget_day=now.astimezone(UTC).date().isoformat(),
         )
-        try:
-            res = await ctx.caps.acquire(req)
-        except CapUnavailable:
-            log.warning("cap store unavailable: no offer (fail closed)")
-            reasons[c.id] = final = "unavailable"
-            continue
-        if not res.ok:
-            reasons[c.id] = res.reason or "capped"
-            if res.cap:
-                extra[c.id] = {"cap": res.cap}
-                observe_cap_rejection(res.cap)
-            continue
-        fence = index.get(t.store_id)
-        store_name = fence.name if fence is not None else t.store_id
-        if not treatment:
+        counted = req.retention_ms > 0 or req.has_budget  # else nothing to count
+        if counted:
             try:
-                await anyio.to_thread.run_sync(
-                    _write_exposure, ctx.engine, c.id, user_key, now, t.store_id
-                )
-            except Exception:
-                log.exception("exposure not recorded")
-                await _release(ctx, req)
-                reasons[c.id] = final = "unavailable"
+                res = await ctx.caps.acquire(req)
+            except CapUnavailable:
+                log.warning("cap store unavailable: no offer (fail closed)")
+                reasons[lc.id] = Reason.UNAVAILABLE
+                return _no_offer_after(reasons, extra, eligible, lc)
+            if not res.ok:
+                reasons[lc.id] = Reason(res.reason or Reason.CAPPED)
+                if res.cap:
+                    extra[lc.id] = {"cap": res.cap}
+                    observe_cap_rejection(res.cap)
                 continue
-            reasons[c.id] = final = "holdout"
-            continue
-        code, fixed = _coupon_code(c)
-        store = {"store_id": t.store_id, "name": store_name}
-        message = rules.render_message(c.offer.message, attrs, store)
-        expires_at = now + timedelta(seconds=int(c.offer.expires_in))
-        row = {
-            "offer_id": offer_id, "campaign_id": c.id, "user_key": user_key,
-            "device_id": device_id, "store_id": t.store_id, "channel": c.channel,
-            "coupon_code": code, "fixed_code": fixed, "title": c.offer.title, "message": message,
-            "value": float(c.offer.value), "distance_m": t.distance_m, "ping_id": ping_key,
-            "issued_at": now, "expires_at": expires_at,
-        }  # fmt: skip
-        try:
-            await anyio.to_thread.run_sync(_write_offer, ctx.engine, row)
-        except Exception:
-            # Never an unrecorded coupon: without the row there is no offer, and the caps
-            # and budget it took are given back.
-            log.exception("offer not recorded: no offer")
-            await _release(ctx, req)
-            reasons[c.id] = final = "unavailable"
-            continue
-        reasons[c.id] = final = "offer_issued"
-        observe_offer(c.id)
-        offer = {
-            "offer_id": offer_id,
-            "campaign_id": c.id,
-            "coupon_code": code,
-            "title": c.offer.title,
-            "message": message,
-            "value": float(c.offer.value),
-            "channel": c.channel,
-            "expires_at": expires_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            "store": store,
-            "distance_m": round(t.distance_m, 2),
-        }
-    if offer is not None:
-        return Decision(offer, "offer_issued", _decisions(reasons, extra))
+        pick = Pick(lc, eligible[lc], treatment, offer_id, req if counted else None)
+    if pick is None:
+        return _no_offer(reasons, extra)
+    return Verdict(pick, attrs, reasons, extra)
+
+
+async def issue(
+    ctx: OfferContext, verdict: Verdict, ping: PingRef, index: Any, now: datetime
+) -> Decision:
+    """Step 11: write the pick's rows (group commit) and answer only once they are in."""
+    pick, reasons = verdict.pick, dict(verdict.reasons)
+    lc, t = pick.campaign, pick.trigger
+    c = lc.campaign
+    exposure = Exposure(c.id, ping.user_key, "treatment" if pick.treatment else "control", now,
+                        t.store_id)  # fmt: skip
+    if not pick.treatment:
+        ok = await _write(ctx, pick.counted, Issuance(exposure))
+        reasons[lc.id] = Reason.HOLDOUT if ok else Reason.UNAVAILABLE
+        return _no_offer(reasons, verdict.extra)
+    fence = index.get(t.store_id)
+    store_name = fence.name if fence is not None else t.store_id
+    code, fixed = _coupon_code(lc)
+    store = {"store_id": t.store_id, "name": store_name}
+    offer = Offer(
+        offer_id=pick.offer_id,
+        campaign_id=c.id,
+        coupon_code=code,
+        title=c.offer.title,
+        message=rules.render(lc.template, verdict.attributes, store),
+        value=float(c.offer.value),
+        channel=c.channel,
+        expires_at=now + timedelta(seconds=int(c.offer.expires_in)),
+        store_id=t.store_id,
+        store_name=store_name,
+        distance_m=t.distance_m,
+    )
+    row = {
+        "offer_id": offer.offer_id, "campaign_id": c.id, "user_key": ping.user_key,
+        "device_id": ping.device_id, "store_id": t.store_id, "channel": c.channel,
+        "coupon_code": code, "fixed_code": fixed, "title": offer.title,
+        "message": offer.message, "value": offer.value, "distance_m": t.distance_m,
+        "ping_id": ping.ping_key, "issued_at": now, "expires_at": offer.expires_at,
+    }  # fmt: skip
+    # Never an unrecorded coupon: without the committed row there is no offer.
+    if not await _write(ctx, pick.counted, Issuance(exposure, row)):
+        reasons[lc.id] = Reason.UNAVAILABLE
+        return _no_offer(reasons, verdict.extra)
+    reasons[lc.id] = Reason.OFFER_ISSUED
+    observe_offer(c.id)
+    return Decision(Reason.OFFER_ISSUED, offer, decisions_doc(reasons, verdict.extra))
+
+
+def _no_offer_after(
+    reasons: dict[str, Reason],
+    extra: dict[str, dict[str, Any]],
+    ranked: dict[LiveCampaign, VisitTrigger],
+    stopped_at: LiveCampaign,
+) -> Decision:
+    """Fail closed at ``stopped_at``: the campaigns ranked after it were not tried."""
+    order = sorted(ranked, key=lambda x: (-x.campaign.priority, -x.campaign.offer.value, x.id))
+    for lc in order[order.index(stopped_at) + 1 :]:
+        reasons[lc.id] = Reason.LOWER_PRIORITY
     return _no_offer(reasons, extra)
 
 
-async def _release(ctx: OfferContext, req: CapRequest) -> None:
+async def _write(ctx: OfferContext, req: CapRequest | None, item: Issuance) -> bool:
+    """Commit ``item``; on failure give back what ``req`` took, unless the rows may be in."""
     try:
-        await ctx.caps.release(req)
-    except CapUnavailable:
-        log.warning("caps not released (store unavailable); they expire with their window")
+        await ctx.committer.issue(item)
+        return True
+    except IssuanceFailed as exc:
+        if exc.committed:
+            return True
+        log.warning("issuance not recorded (%s): no offer", exc)
+        if exc.committed is False and req is not None:
+            try:
+                await ctx.caps.release(req)
+            except CapUnavailable:
+                log.warning("caps not released (store unavailable); they expire with their window")
+        return False
 
 
-def _write_offer(engine: Engine, row: dict[str, Any]) -> None:
-    with engine.begin() as conn:
-        repo.insert_offer(conn, row)
-        repo.record_exposure(
-            conn,
-            row["campaign_id"],
-            row["user_key"],
-            "treatment",
-            row["issued_at"],
-            row["store_id"],
-        )
-
-
-def _write_exposure(
-    engine: Engine, campaign_id: str, user_key: str, at: datetime, store_id: str
-) -> None:
-    with engine.begin() as conn:
-        repo.record_exposure(conn, campaign_id, user_key, "control", at, store_id)
-
-
-def _decisions(reasons: dict[str, str], extra: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"campaign_id": cid, "reason": r, **extra.get(cid, {})}
-        for cid, r in sorted(reasons.items())
-    ]
-
-
-def _no_offer(reasons: dict[str, str], extra: dict[str, dict[str, Any]]) -> Decision:
+def _no_offer(reasons: dict[str, Reason], extra: dict[str, dict[str, Any]]) -> Decision:
     if not reasons:
-        return Decision(None, "no_campaign", [])
-    return Decision(None, _furthest(list(reasons.values())), _decisions(reasons, extra))
+        return Decision(Reason.NO_CAMPAIGN, None, [])
+    return Decision(furthest(reasons.values()), None, decisions_doc(reasons, extra))

@@ -1,18 +1,64 @@
 """The device-state interface the ping path uses.
 
 ``process`` is one atomic, idempotent step for one device: if the ping was answered before,
-its first answer comes back and nothing changes; otherwise ``step`` sees the current state,
-returns the new state and the answer, and both are stored together — or, when another
-replica changed the device in between, ``step`` runs again on the fresh state.
+its first answer comes back (:class:`Replayed`) and nothing changes; otherwise ``step`` sees
+the current state and returns a :class:`StepResult` (the new state and the answer), and both
+are stored together (:class:`Stored`) — or, when another replica changed the device in
+between, ``step`` runs again on the fresh state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
-#: step(current state or None) -> (new state, or None to keep the current one; answer bytes)
-Step = Callable[[dict[str, Any] | None], tuple[dict[str, Any] | None, bytes]]
+
+class StepResult(Protocol):
+    """What a step makes of a ping: the state to store and the answer to remember."""
+
+    @property
+    def state(self) -> dict[str, Any] | None:
+        """The new state document, or None to keep the current one."""
+        ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def answer(self) -> bytes: ...
+
+    @property
+    def pending(self) -> bool:
+        """The answer is provisional: an offer decision follows (:meth:`StateStore.finish`)."""
+        ...
+
+
+R = TypeVar("R", bound=StepResult)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored(Generic[R]):
+    """This call stepped the device: ``result`` (of the attempt that was stored) is in."""
+
+    result: R
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """The ping was answered before: its remembered answer, provisional when ``pending``."""
+
+    reason: str
+    answer: bytes
+    pending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentDenied:
+    """The user withdrew location consent: nothing was stored for this device."""
+
+
+Outcome = Stored[R] | Replayed | ConsentDenied
 
 
 def compact(raw: bytes) -> bytes:
@@ -26,6 +72,23 @@ def compact(raw: bytes) -> bytes:
     return bytes(memoryview(raw))
 
 
+_PENDING, _FINAL = b"~", b"="
+
+
+def encode_answer(reason: str, answer: bytes, pending: bool) -> bytes:
+    """A remembered answer as stored: a pending/final mark, the reason, a space, the body.
+
+    >>> decode_answer(encode_answer("no_trigger", b"{}", False))
+    Replayed(reason='no_trigger', answer=b'{}', pending=False)
+    """
+    return b"".join((_PENDING if pending else _FINAL, reason.encode(), b" ", answer))
+
+
+def decode_answer(raw: bytes) -> Replayed:
+    head, _, answer = raw.partition(b" ")
+    return Replayed(head[1:].decode(), answer, head[:1] == _PENDING)
+
+
 class StateUnavailable(Exception):
     """The state backend cannot be reached; pings answer without events instead of 5xx."""
 
@@ -35,11 +98,11 @@ class StateStore(Protocol):
         self,
         device_id: str,
         ping_key: str,
-        step: Step,
+        step: Callable[[dict[str, Any] | None], R],
         user_key: str | None = None,
         idle_at: float | None = None,
-    ) -> bytes | None:
-        """The answer; None when the user withdrew location consent (nothing was stored).
+    ) -> Stored[R] | Replayed | ConsentDenied:
+        """Step the device for this ping, or replay the ping's first answer.
 
         ``user_key`` (user_id, else device_id) is checked for consent when the device has no
         state yet, and the device is linked to it, so that a later consent change or erasure
@@ -70,11 +133,11 @@ class StateStore(Protocol):
         and again after Redis came back empty (a restart without persistence)."""
         ...
 
-    async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
+    async def finish(self, device_id: str, ping_key: str, reason: str, answer: bytes) -> None:
         """Replace a ping's provisional answer by its final one (after the offer decision)."""
         ...
 
-    async def answer(self, device_id: str, ping_key: str) -> bytes | None: ...
+    async def answer(self, device_id: str, ping_key: str) -> Replayed | None: ...
 
     async def forget(self, device_id: str) -> None: ...
 

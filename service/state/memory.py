@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from service.state.base import Step, compact
+from service.state.base import ConsentDenied, R, Replayed, Stored, compact
 
 
 class MemoryStateStore:
@@ -17,7 +18,7 @@ class MemoryStateStore:
 
     def __init__(self, state_ttl_s: float, answer_ttl_s: float, sweep_every: int = 10_000) -> None:
         self._state: dict[str, tuple[dict[str, Any], float]] = {}
-        self._answers: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._answers: dict[tuple[str, str], tuple[Replayed, float]] = {}
         self._state_ttl = state_ttl_s
         self._answer_ttl = answer_ttl_s
         self._sweep_every = sweep_every
@@ -31,10 +32,10 @@ class MemoryStateStore:
         self,
         device_id: str,
         ping_key: str,
-        step: Step,
+        step: Callable[[dict[str, Any] | None], R],
         user_key: str | None = None,
         idle_at: float | None = None,
-    ) -> bytes | None:
+    ) -> Stored[R] | Replayed | ConsentDenied:
         """See :class:`service.state.base.StateStore`; ``idle_at`` is not needed here (the
         state is in hand)."""
         now = time.monotonic()
@@ -42,23 +43,29 @@ class MemoryStateStore:
         if self._calls % self._sweep_every == 0:
             self._sweep(now)
         if device_id in self._denied_devices:
-            return None
-        answer = self._answers.get((device_id, ping_key))
-        if answer is not None and answer[1] > now:
-            return answer[0]
+            return ConsentDenied()
+        remembered = self._answers.get((device_id, ping_key))
+        if remembered is not None and remembered[1] > now:
+            return remembered[0]
         held = self._state.get(device_id)
         current = held[0] if held is not None and held[1] > now else None
         if current is None and user_key is not None:
             if user_key in self._denied_users:
                 self._denied_devices.add(device_id)
-                return None
+                return ConsentDenied()
             if user_key != device_id:
                 self._devices.setdefault(user_key, set()).add(device_id)
-        new_state, body = step(current)
-        if new_state is not None:
-            self._state[device_id] = (new_state, now + self._state_ttl)
-        self._answers[(device_id, ping_key)] = (compact(body), now + self._answer_ttl)
-        return body
+        result = step(current)
+        if result.state is not None:
+            self._state[device_id] = (result.state, now + self._state_ttl)
+        self._remember(device_id, ping_key, result.reason, result.answer, result.pending)
+        return Stored(result)
+
+    def _remember(
+        self, device_id: str, ping_key: str, reason: str, answer: bytes, pending: bool
+    ) -> None:
+        replay = Replayed(reason, compact(answer), pending)
+        self._answers[(device_id, ping_key)] = (replay, time.monotonic() + self._answer_ttl)
 
     async def deny(self, user_key: str) -> None:
         self._denied_users.add(user_key)
@@ -78,10 +85,10 @@ class MemoryStateStore:
     async def denials_loaded(self) -> bool:
         return self._denials_loaded
 
-    async def finish(self, device_id: str, ping_key: str, body: bytes) -> None:
-        self._answers[(device_id, ping_key)] = (compact(body), time.monotonic() + self._answer_ttl)
+    async def finish(self, device_id: str, ping_key: str, reason: str, answer: bytes) -> None:
+        self._remember(device_id, ping_key, reason, answer, False)
 
-    async def answer(self, device_id: str, ping_key: str) -> bytes | None:
+    async def answer(self, device_id: str, ping_key: str) -> Replayed | None:
         held = self._answers.get((device_id, ping_key))
         return held[0] if held is not None and held[1] > time.monotonic() else None
 

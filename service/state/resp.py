@@ -114,25 +114,29 @@ class _Connection(asyncio.Protocol):
 
     # commands ---------------------------------------------------------------------------
     def send(self, payload: bytes) -> asyncio.Future[Any]:
+        return self.send_many(payload, 1)[0]
+
+    def send_many(self, payload: bytes, n: int) -> list[asyncio.Future[Any]]:
+        """Write ``payload`` (``n`` encoded commands); one future per reply, in order."""
         if self.error is not None:
             raise self.error
-        fut = self.loop.create_future()
+        futures = [self.loop.create_future() for _ in range(n)]
         idle = not self.pending
         if idle:
             self.progress = time.monotonic()
             if self.watchdog is None:
                 self.watchdog = self.loop.call_later(self.timeout_s, self._check)
-        self.pending.append(fut)
+        self.pending.extend(futures)
         if idle and not self.out and self.transport is not None:
             # Nothing in flight: send now rather than on the next loop pass (one pass fewer
             # per ping at low load); under load commands queue up and leave together.
             self.transport.write(payload)
-            return fut
+            return futures
         self.out.append(payload)
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
-        return fut
+        return futures
 
     def _flush(self) -> None:
         self.flush_scheduled = False
@@ -194,6 +198,21 @@ class LeanRedis:
         if conn is None or conn.error is not None or conn.loop is not asyncio.get_running_loop():
             conn = await self._connection()
         return await conn.send(_encode(args))
+
+    async def pipeline(self, *commands: tuple[Arg, ...]) -> list[Any]:
+        """Send ``commands`` in one write; their replies in order, a Redis error reply as
+        its exception object (not raised), a lost connection raised."""
+        conn = self._conn
+        if conn is None or conn.error is not None or conn.loop is not asyncio.get_running_loop():
+            conn = await self._connection()
+        futures = conn.send_many(b"".join(_encode(c) for c in commands), len(commands))
+        replies: list[Any] = []
+        for fut in futures:
+            try:
+                replies.append(await fut)
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
 
     async def evalsha(self, sha: str, script: bytes, keys: list[Arg], args: list[Arg]) -> Any:
         """``EVALSHA``, loading the script with ``EVAL`` when Redis does not know it yet."""

@@ -21,7 +21,7 @@ import anyio.to_thread
 from sqlalchemy import Engine
 
 from service.caps.base import CapStore, CapUnavailable
-from service.state import StateStore, StateUnavailable
+from service.state.base import StateStore, StateUnavailable
 from service.users import repository as repo
 
 log = logging.getLogger("geo_offers.erasure")

@@ -102,6 +102,41 @@ def recent_events(conn: Connection, user_id: str, since: datetime) -> list[tuple
     return [(t, at) for t, at in rows if at is not None]
 
 
+# The facts of several users in one statement (PostgreSQL, through psycopg's async API,
+# prepared): each user's attributes row, events since the lookback, the latest of each type
+# before it (for "days since") and the first signup, as (user, kind, type, at, attributes).
+FACTS_SQL = """
+SELECT user_id, 'a', NULL, NULL::timestamptz, attributes FROM users
+ WHERE user_id = ANY(%(u)s)
+UNION ALL
+SELECT user_id, 'e', type, occurred_at, NULL FROM user_events
+ WHERE user_id = ANY(%(u)s) AND occurred_at >= %(since)s
+UNION ALL
+(SELECT user_id, 'e', type, max(occurred_at), NULL FROM user_events
+  WHERE user_id = ANY(%(u)s) AND occurred_at < %(since)s GROUP BY user_id, type)
+UNION ALL
+(SELECT user_id, 'e', 'signup', min(occurred_at), NULL FROM user_events
+  WHERE user_id = ANY(%(u)s) AND type = 'signup' GROUP BY user_id)
+"""
+
+Facts = tuple[dict[str, Any], list[tuple[str, datetime]]]
+
+
+def facts_from_rows(
+    user_ids: list[str], rows: list[tuple[str, str, str | None, datetime | None, Any]]
+) -> list[Facts]:
+    """Each user's attributes and events from the rows of :data:`FACTS_SQL`."""
+    out: dict[str, Facts] = {u: ({}, []) for u in user_ids}
+    for user_id, kind, event_type, at, attributes in rows:
+        attrs, events = out[user_id]
+        if kind == "a":
+            raw = orjson.loads(attributes) if isinstance(attributes, str) else attributes
+            attrs.update(raw)
+        elif event_type is not None and at is not None:
+            events.append((event_type, at))
+    return [out[u] for u in user_ids]
+
+
 def erase(conn: Connection, user_id: str, pseudonym: str) -> dict[str, int]:
     """Erase a user's personal data; keep anonymous aggregates (offers, exposures)."""
     offers: Table = OfferRow.__table__  # type: ignore[assignment]

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from service.campaigns.rules import (
-    Reason,
     assign_arm,
     audience_reason,
     bucket,
@@ -32,6 +31,7 @@ from service.campaigns.spec import (
     Policies,
     Trigger,
 )
+from service.reasons import Reason
 
 NOW = datetime(2026, 5, 6, 12, 0, tzinfo=UTC)  # a Wednesday
 NY = "America/New_York"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,10 +21,18 @@ from service.state.redis_store import RedisStateStore
 N = 2_000
 
 
+@dataclass(frozen=True)
+class _Result:
+    state: dict[str, Any]
+    answer: bytes
+    reason: str = "no_trigger"
+    pending: bool = False
+
+
 def _step(ts: float) -> Any:
-    def step(current: dict[str, Any] | None) -> tuple[dict[str, Any], bytes]:
+    def step(current: dict[str, Any] | None) -> _Result:
         answer = orjson.dumps({"ping_id": "p", "events": [], "offer": None, "reason": "x"})
-        return {"t": ts, "in": {}}, answer
+        return _Result({"t": ts, "in": {}}, answer)
 
     return step
 
@@ -85,3 +94,16 @@ def test_memory_store_keeps_compact_answers() -> None:
 
     growth = _growth(lambda: asyncio.run(main()))
     assert growth < N * 1_000, growth
+
+
+def test_the_cache_of_states_stays_bounded_and_keeps_the_newest() -> None:
+    from service.state.redis_store import _Copies
+
+    copies = _Copies(limit=100)
+    for i in range(1_000):
+        copies.put(f"d{i}", b"x")
+        assert len(copies) <= 100
+    assert copies.get("d999") == b"x" and copies.get("d950") == b"x"
+    assert copies.get("d0") == b""
+    copies.pop("d999")
+    assert copies.get("d999") == b""

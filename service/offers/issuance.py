@@ -1,0 +1,233 @@
+"""Issuance rows written in group commits: concurrent issuances share one transaction, and
+each caller is released only once its own rows are committed (or known not to be).
+
+A batch holds the rows of many pings (an offer and its exposure, or a holdout's exposure;
+:class:`Issuance` is where further rows of the same change, such as an event outbox row,
+join). Batches form while the one ahead commits: at low load a batch is one issuance and
+waits for nothing; under load each commit carries everything that arrived during the last
+one, up to ``max_batch``. A failed batch fails every issuance in it; the caller gives its
+caps back when the rows are known not to be committed (:class:`IssuanceFailed`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import anyio.to_thread
+import psycopg
+from sqlalchemy import Engine
+
+from service.batching import Batcher
+from service.offers import repository as repo
+from service.offers.pool import OfferPool
+
+log = logging.getLogger("geo_offers.offers")
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    campaign_id: str
+    user_key: str
+    arm: str  # "treatment" | "control"
+    at: datetime
+    store_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Issuance:
+    """The rows one ping's decision writes, all or none: an offer row (``None`` for a
+    holdout) and the user's first exposure to the campaign."""
+
+    exposure: Exposure
+    offer: dict[str, Any] | None = None
+
+
+class IssuanceFailed(Exception):
+    """The rows were not written: ``committed`` is False when certainly not, None when the
+    outcome is unknown (the connection was lost during COMMIT and could not be checked)."""
+
+    def __init__(self, message: str, committed: bool | None) -> None:
+        super().__init__(message)
+        self.committed = committed
+
+
+class BatchWriter(Protocol):
+    async def write(self, batch: Sequence[Issuance]) -> None:
+        """Write every row of ``batch`` in one transaction; :class:`IssuanceFailed` if not."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class GroupCommitter:
+    """Group commit over a :class:`BatchWriter` (:class:`service.batching.Batcher`)."""
+
+    def __init__(self, writer: BatchWriter, max_batch: int = 256, max_in_flight: int = 2) -> None:
+        self.writer = writer
+        self._batcher: Batcher[Issuance, None] = Batcher(self._write, max_batch, max_in_flight)
+
+    async def _write(self, batch: Sequence[Issuance]) -> list[None]:
+        await self.writer.write(batch)
+        return [None] * len(batch)
+
+    async def issue(self, item: Issuance) -> None:
+        """Return once ``item``'s rows are committed; raise :class:`IssuanceFailed` if not."""
+        try:
+            await self._batcher.submit(item)
+        except IssuanceFailed:
+            raise
+        except Exception as exc:
+            raise IssuanceFailed(repr(exc), False) from exc
+
+    @property
+    def batches(self) -> int:
+        return self._batcher.batches
+
+    @property
+    def issued(self) -> int:
+        return self._batcher.items
+
+    async def close(self) -> None:
+        await self._batcher.drain()
+        await self.writer.close()
+
+
+# --- PostgreSQL: psycopg's async API ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RowGroup:
+    """Rows of one table in a batch's statement: ``columns`` as (name, PostgreSQL type)."""
+
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    conflict: str  # the unique columns a repeated row hits (then nothing happens)
+
+    def insert(self, params: list[list[Any]]) -> tuple[str, list[list[Any]]]:
+        """``INSERT … SELECT FROM unnest(column arrays…) ON CONFLICT DO NOTHING``."""
+        names = ", ".join(name for name, _ in self.columns)
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in self.columns)
+        sql = (
+            f"INSERT INTO {self.table} ({names}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({self.conflict}) DO NOTHING"
+        )
+        return sql, params
+
+
+OFFERS = RowGroup(
+    "offers",
+    (("offer_id", "text"), ("campaign_id", "text"), ("user_key", "text"), ("device_id", "text"),
+     ("store_id", "text"), ("channel", "text"), ("coupon_code", "text"), ("fixed_code", "bool"),
+     ("title", "text"), ("message", "text"), ("value", "float8"), ("distance_m", "float8"),
+     ("ping_id", "text"), ("issued_at", "timestamptz"), ("expires_at", "timestamptz")),
+    "offer_id",
+)  # fmt: skip
+EXPOSURES = RowGroup(
+    "exposures",
+    (("campaign_id", "text"), ("user_key", "text"), ("arm", "text"),
+     ("first_exposed_at", "timestamptz"), ("store_id", "text")),
+    "campaign_id, user_key",
+)  # fmt: skip
+_OFFERS_PRESENT = "SELECT offer_id FROM offers WHERE offer_id = ANY(%s)"
+
+
+def batch_statement(groups: list[tuple[RowGroup, list[tuple[Any, ...]]]]) -> tuple[str, list[Any]]:
+    """One statement inserting every group's rows (data-modifying CTEs): one implicit
+    transaction and one round trip for the whole batch. Rows of a further table written
+    with the same change (an event outbox) join as one more group."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for group, rows in groups:
+        if not rows:
+            continue
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        sql, values = group.insert(columns)
+        parts.append(sql)
+        params += values
+    *first, last = parts
+    ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
+    return (f"WITH {ctes} {last}" if ctes else last), params
+
+
+class PostgresWriter:
+    """One statement (one transaction) per batch on a psycopg async pool, its rows in a
+    fixed order so that two batches touching the same keys cannot deadlock."""
+
+    def __init__(self, pool: OfferPool) -> None:
+        self.pool = pool
+
+    async def write(self, batch: Sequence[Issuance]) -> None:
+        offers = sorted((i.offer for i in batch if i.offer), key=lambda o: o["offer_id"])
+        exposures = sorted(
+            {(e.campaign_id, e.user_key): e for e in (i.exposure for i in batch)}.values(),
+            key=lambda e: (e.campaign_id, e.user_key),
+        )
+        sql, params = batch_statement(
+            [
+                (OFFERS, [tuple(o[name] for name, _ in OFFERS.columns) for o in offers]),
+                (
+                    EXPOSURES,
+                    [(e.campaign_id, e.user_key, e.arm, e.at, e.store_id) for e in exposures],
+                ),
+            ]
+        )
+        try:
+            async with self.pool.connection() as conn:
+                try:
+                    await conn.execute(sql, params, prepare=True)
+                except psycopg.OperationalError as exc:
+                    # Lost while the statement ran: look before giving caps back.
+                    ids = [o["offer_id"] for o in offers]
+                    raise IssuanceFailed(str(exc), await self._committed(ids)) from exc
+        except IssuanceFailed:
+            raise
+        except Exception as exc:  # no connection, or refused by the database: not written
+            raise IssuanceFailed(repr(exc), False) from exc
+
+    async def _committed(self, offer_ids: list[str]) -> bool | None:
+        if not offer_ids:
+            return None
+        try:
+            async with self.pool.connection(timeout=2.0) as conn:
+                cur = await conn.execute(_OFFERS_PRESENT, (offer_ids,))
+                present = {r[0] for r in await cur.fetchall()}
+        except Exception:
+            return None
+        if present == set(offer_ids):
+            return True
+        return False if not present else None
+
+    async def close(self) -> None:
+        return None  # the pool belongs to the app
+
+
+# --- SQLite (the embedded default): SQLAlchemy in a thread --------------------------------
+
+
+class ThreadWriter:
+    """One transaction per batch through SQLAlchemy, in a worker thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _write(self, batch: Sequence[Issuance]) -> None:
+        with self.engine.begin() as conn:
+            for item in batch:
+                if item.offer is not None:
+                    repo.insert_offer(conn, item.offer)
+                e = item.exposure
+                repo.record_exposure(conn, e.campaign_id, e.user_key, e.arm, e.at, e.store_id)
+
+    async def write(self, batch: Sequence[Issuance]) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._write, batch)
+        except Exception as exc:
+            log.warning("issuance batch not written: %r", exc)
+            raise IssuanceFailed(repr(exc), False) from exc
+
+    async def close(self) -> None:
+        return None
