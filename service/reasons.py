@@ -7,42 +7,10 @@ from enum import StrEnum
 
 
 class Reason(StrEnum):
-    """Reason codes, by DESIGN §4 step. Campaign-level codes are declared from the least to
-    the furthest a campaign can get; a ping without an offer answers the furthest reached
-    (:func:`furthest`), so that order is the only ranking of reasons.
-
-    ======================  =====  =====================================================
-    code                    step   meaning
-    ======================  =====  =====================================================
-    consent_denied          1      ``location_consent`` is false: no state kept
-    low_accuracy            2      ping accuracy too coarse: no events
-    stale_ping              2      ping older than ``offer_max_age_s``
-    out_of_order            2      earlier than the device's last processed ping
-    future_ping             2      timestamp in the future (answered 422, never a 200)
-    no_trigger              3      no campaign's trigger fires on this ping's visits
-    no_campaign             3      an enter or dwell, and no campaign at all
-    state_unavailable       any    the device-state store is down: no events, no offer
-    in_progress             any    a retry of a ping whose decision is still running
-    not_targeted            4      the store matches neither ``store_ids`` nor ``tags``
-    channel_mismatch        4      the ping asks for another channel
-    campaign_paused         4      ``status: paused``
-    not_started             4      before ``starts_at``
-    ended                   4      at or after ``ends_at``
-    outside_schedule        4      not on a scheduled day/hour, store local time
-    quiet_hours             4      inside ``policies.quiet_hours``, store local time
-    trigger_mismatch        4      enter vs dwell, or dwell shorter than ``dwell_s``
-    audience_not_included   5      an ``include`` condition does not hold
-    audience_excluded       5      an ``exclude`` condition holds
-    exception_event         6      a listed event happened within its lookback
-    not_in_rollout          9      user outside ``rollout_pct``
-    capped                  7      a frequency cap or the minimum gap is reached
-    budget_exhausted        8      campaign total or per-day budget used up
-    lower_priority          10     another campaign ranked higher on this ping
-    holdout                 9      user in the control arm: exposed, no offer
-    unavailable             any    database or cap store unreachable: fail closed
-    offer_issued            11     the offer was issued
-    ======================  =====  =====================================================
-    """
+    """Reason codes. Campaign-level codes are declared from the least to the furthest a
+    campaign can get; a ping without an offer answers the furthest reached
+    (:func:`furthest`), so that order is the only ranking of reasons. Each code's DESIGN §4
+    step and meaning: :data:`EXPLAINED`."""
 
     # Ping-level codes.
     CONSENT_DENIED = "consent_denied"
@@ -81,6 +49,39 @@ CAMPAIGN_REASONS: tuple[Reason, ...] = tuple(_ALL[_ALL.index(Reason.NOT_TARGETED
 _RANK = {r: i for i, r in enumerate(CAMPAIGN_REASONS)}
 #: The codes a 200 answer may carry (``future_ping`` is a 422).
 ANSWER_REASONS: tuple[Reason, ...] = tuple(r for r in _ALL if r is not Reason.FUTURE_PING)
+
+
+#: Each code's DESIGN §4 step (number and name) and what it means, in words a marketer reads
+#: (``?explain=true`` answers carry the codes; the console and the README show these).
+EXPLAINED: dict[Reason, tuple[int, str, str]] = {
+    Reason.CONSENT_DENIED: (1, "consent", "the user withdrew location consent: no state kept"),
+    Reason.LOW_ACCURACY: (2, "ping", "the location was too imprecise to make events"),
+    Reason.STALE_PING: (2, "ping", "the ping is older than offer_max_age_s"),
+    Reason.OUT_OF_ORDER: (2, "ping", "earlier than the device's last processed ping"),
+    Reason.FUTURE_PING: (2, "ping", "the ping's time is ahead of the server clock (a 422)"),
+    Reason.STATE_UNAVAILABLE: (2, "ping", "device state is unavailable: no events, no offer"),
+    Reason.IN_PROGRESS: (2, "ping", "a retry of a ping whose decision is still running"),
+    Reason.NO_TRIGGER: (3, "fences", "no campaign's trigger fires on this ping's visits"),
+    Reason.NO_CAMPAIGN: (3, "fences", "a store was entered but no campaign exists"),
+    Reason.NOT_TARGETED: (4, "campaign", "the campaign does not target this store"),
+    Reason.CHANNEL_MISMATCH: (4, "campaign", "the ping asks for another channel"),
+    Reason.CAMPAIGN_PAUSED: (4, "campaign", "the campaign is paused"),
+    Reason.NOT_STARTED: (4, "campaign", "the campaign has not started yet"),
+    Reason.ENDED: (4, "campaign", "the campaign has ended"),
+    Reason.OUTSIDE_SCHEDULE: (4, "campaign", "outside the campaign's days or hours (store time)"),
+    Reason.QUIET_HOURS: (4, "campaign", "inside quiet hours (store time)"),
+    Reason.TRIGGER_MISMATCH: (4, "campaign", "enter vs dwell, or not inside for dwell_s yet"),
+    Reason.AUDIENCE_NOT_INCLUDED: (5, "audience", "an include condition does not hold"),
+    Reason.AUDIENCE_EXCLUDED: (5, "audience", "an exclude condition holds"),
+    Reason.EXCEPTION_EVENT: (6, "exception events", "a listed event (e.g. a purchase) happened"),
+    Reason.CAPPED: (7, "frequency caps", "a frequency cap or the minimum gap was reached"),
+    Reason.BUDGET_EXHAUSTED: (8, "budget", "the campaign's total or daily budget is spent"),
+    Reason.NOT_IN_ROLLOUT: (9, "rollout", "the user is outside the campaign's rollout slice"),
+    Reason.HOLDOUT: (9, "holdout", "the user is in the control group: exposed, no offer"),
+    Reason.LOWER_PRIORITY: (10, "rank", "another campaign ranked higher on this ping"),
+    Reason.UNAVAILABLE: (11, "issue", "the database or cap store is down: no offer"),
+    Reason.OFFER_ISSUED: (11, "issue", "the offer was issued"),
+}
 
 
 def furthest(reasons: Iterable[Reason]) -> Reason:

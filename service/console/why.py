@@ -15,43 +15,15 @@ import orjson
 
 from service.locations.schemas import PingIn
 from service.locations.service import check_not_future, process_ping
-
-# Each reason code's step of DESIGN §4 and what it means, for the "why" table.
-REASONS: dict[str, tuple[int, str, str]] = {
-    "consent_denied": (1, "consent", "the user withdrew location consent"),
-    "low_accuracy": (2, "ping", "the location was too imprecise"),
-    "stale_ping": (2, "ping", "the ping was too old to act on"),
-    "out_of_order": (2, "ping", "an earlier ping than the device's last one"),
-    "future_ping": (2, "ping", "the ping's time is ahead of the server clock"),
-    "suspected_spoofing": (2, "ping", "the location looks mocked or impossible"),
-    "state_unavailable": (2, "ping", "device state is unavailable right now"),
-    "no_trigger": (3, "fences", "no store was entered here (or dwell not reached)"),
-    "no_campaign": (3, "fences", "a store was entered but no campaign exists"),
-    "channel_mismatch": (4, "campaign", "the campaign uses another channel"),
-    "not_targeted": (4, "campaign", "the campaign does not target this store"),
-    "campaign_paused": (4, "campaign", "the campaign is paused"),
-    "not_started": (4, "campaign", "the campaign has not started yet"),
-    "ended": (4, "campaign", "the campaign has ended"),
-    "outside_schedule": (4, "campaign", "outside the campaign's days or hours (store time)"),
-    "quiet_hours": (4, "campaign", "inside quiet hours (store time)"),
-    "trigger_mismatch": (4, "campaign", "the trigger (enter or dwell time) did not match"),
-    "audience_not_included": (5, "audience", "the user is not in the audience"),
-    "audience_excluded": (5, "audience", "the user is excluded from the audience"),
-    "exception_event": (6, "exception events", "a recent event (e.g. a purchase) cancels it"),
-    "not_in_rollout": (9, "rollout", "the user is outside the campaign's rollout slice"),
-    "capped": (7, "frequency caps", "a frequency cap or the minimum gap was reached"),
-    "budget_exhausted": (8, "budget", "the campaign's budget is spent"),
-    "holdout": (9, "holdout", "the user is in the control group: exposed, no offer"),
-    "lower_priority": (10, "rank", "another campaign ranked higher"),
-    "offer_issued": (11, "issue", "an offer was issued"),
-    "unavailable": (11, "issue", "the database or cap store is down: no offer (fail closed)"),
-    "in_progress": (11, "issue", "a retry of this ping is still being decided"),
-}
+from service.reasons import EXPLAINED, Reason
 
 
 def explain_reason(reason: str) -> tuple[int, str, str]:
     """(DESIGN §4 step, step name, plain words) of a reason code."""
-    return REASONS.get(reason, (99, "", reason.replace("_", " ")))
+    try:
+        return EXPLAINED[Reason(reason)]
+    except ValueError:
+        return (99, "", reason.replace("_", " "))
 
 
 def in_design_order(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
