@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from service.campaigns.service import import_campaigns
 from service.console import repository as repo
+from service.db.engine import read_only
 from service.errors import InvalidInput, NotFound
 from service.fences.service import import_fences
 
@@ -127,7 +128,7 @@ def progress(engine: Engine, session_hash: str, upload_id: str) -> dict[str, int
         running = _progress.get(upload_id)
     if running is not None and running[0] == session_hash:
         return {"done": running[1], "size": running[2]}
-    with engine.connect() as conn:
+    with read_only(engine) as conn:
         upload = _get(conn, upload_id, session_hash)
     return {"done": int(upload.progress), "size": int(upload.size)}
 

@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from geofences.base import Columns
 from geofences.model import FenceRecord
 from service.db import versions
+from service.db.engine import read_only
 from service.db.models import DataVersion, Geofence, GeofenceChange, GeofenceVersion
 
 G: Table = Geofence.__table__  # type: ignore[assignment]
@@ -95,8 +96,9 @@ def ensure_anchor(engine: Engine) -> None:
 @contextlib.contextmanager
 def snapshot(engine: Engine) -> Iterator[Connection]:
     """A read-only transaction whose statements all see one snapshot (REPEATABLE READ on
-    PostgreSQL; an SQLite transaction is one already)."""
-    with engine.connect() as conn:
+    PostgreSQL; an SQLite transaction in WAL mode is one already, and a read-only one does
+    not wait for a writer)."""
+    with read_only(engine) as conn:
         if conn.dialect.name == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
