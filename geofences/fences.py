@@ -127,14 +127,27 @@ class PolygonFence:
         return bool(shapely.intersects_xy(self.geom, lng, lat))
 
     def match_distance_m(self, lat: float, lng: float) -> float | None:
-        """Distance from the store point if the ping is inside, else None."""
-        if not self.covers(lat, lng):
-            return None
-        return sphere_distance_m(self.lat, self.lng, lat, lng)
+        """0.0 if the ping is inside (see :meth:`distance_m`), else None."""
+        return 0.0 if self.covers(lat, lng) else None
 
     def distance_m(self, lat: float, lng: float) -> float:
-        """Great-circle distance in metres from the store point to the ping."""
-        return sphere_distance_m(self.lat, self.lng, lat, lng)
+        """Metres from the polygon: 0 inside or on the edge, else to the nearest edge.
+
+        A polygon's store point says little about where its area is (a mall, a campus, an
+        airport), so the distance is to the area itself, the same as ``ST_Distance`` to the
+        polygon would say. Outside it is the approximate edge distance of
+        :meth:`still_inside`, searched within reach of a point on the polygon.
+
+        >>> square = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
+        >>> f = PolygonFence(FenceRecord("s2", "Mall", 0.5, 0.5, geometry=square))
+        >>> f.distance_m(0.5, 0.5), f.distance_m(1.0, 0.0), round(f.distance_m(0.5, 1.001))
+        (0.0, 0.0, 111)
+        """
+        if self.covers(lat, lng):
+            return 0.0
+        on = shapely.point_on_surface(self.geom)
+        reach = sphere_distance_m(on.y, on.x, lat, lng)  # the nearest edge is no further
+        return min(_edge_distance_m(self.geom, lat, lng, reach), reach)
 
     @property
     def area_m2(self) -> float:

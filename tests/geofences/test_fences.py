@@ -138,6 +138,19 @@ def test_polygon_still_inside_hysteresis() -> None:
     assert not f.still_inside(0.005, 0.005, 10.0)  # ~111 m from the hole's edge
 
 
+def test_polygon_distance_is_to_the_area_not_the_store_point() -> None:
+    f = polygon(SQUARE_WITH_HOLE)
+    m_per_deg = 111_195.08
+    assert f.match_distance_m(0.009, 0.009) == 0.0  # inside, far from the store point
+    assert f.distance_m(0.0, 0.01) == 0.0  # on a vertex
+    for metres in (5.0, 60.0, 2000.0):
+        east = f.distance_m(0.002, 0.01 + metres / m_per_deg)
+        assert east == pytest.approx(metres, rel=0.01)
+        assert f.match_distance_m(0.002, 0.01 + metres / m_per_deg) is None
+    # In the hole: outside, measured to the hole's nearest edge (~111 m from its centre).
+    assert f.distance_m(0.005, 0.005) == pytest.approx(0.001 * m_per_deg, rel=0.01)
+
+
 def test_polygon_still_inside_across_the_antimeridian() -> None:
     f = polygon(ACROSS_180, lat=0.0, lng=180.0)
     east = -179.99 + 5.0 / 111_195.08  # 5 m beyond the far edge of the western part

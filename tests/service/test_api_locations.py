@@ -185,7 +185,9 @@ def test_polygon_fence_enter_and_exit_margin(any_api: Api) -> None:
         headers=any_api.admin,
     )  # fmt: skip
     assert r.status_code == 200, r.text
-    assert kinds(ping(any_api, 40.7535, -74.002, ago(50))) == [("enter", "mall")]
+    entered = ping(any_api, 40.7535, -74.002, ago(50))
+    assert kinds(entered) == [("enter", "mall")]
+    assert entered["events"][0]["distance_m"] == 0.0  # inside a polygon: 0, not to its centre
     # On the edge counts as inside (ST_Covers); 5 m east of the edge is within the margin.
     lat, lng = offset(40.7535, -74.001, 90, 5)
     assert ping(any_api, lat, lng, ago(40))["events"] == []
