@@ -75,6 +75,16 @@ _CELL_Y = (
     "+ 1.0 / cos(radians(greatest(least(g.lat, 85.0511), -85.0511)))) / pi()) / 2.0 * :n)"
 )
 
+# Both cluster queries end alike: a ``cells`` CTE (one row per cluster) as MVT points.
+_CLUSTERS_MVT = f"""SELECT ST_AsMVT(q, 'clusters', {EXTENT}, 'geom') FROM (
+    SELECT ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(c.lng, c.lat), 4326), 3857),
+                        t.env, {EXTENT}, {BUFFER}, true) AS geom,
+           c.n_fences AS count,
+           CASE WHEN c.n_fences = 1 THEN c.store_id END AS store_id
+    FROM cells c, t
+) q WHERE q.geom IS NOT NULL
+"""
+
 _PG_CLUSTERS = text(f"""
 WITH t AS (SELECT ST_TileEnvelope(:z, :x, :y) AS env),
 cells AS (
@@ -85,14 +95,7 @@ cells AS (
       AND g.lng >= :w AND g.lng < :e AND g.lat > :s AND g.lat <= :nn {{tag}}
     GROUP BY 1, 2
 )
-SELECT ST_AsMVT(q, 'clusters', {EXTENT}, 'geom') FROM (
-    SELECT ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(c.lng, c.lat), 4326), 3857),
-                        t.env, {EXTENT}, {BUFFER}, true) AS geom,
-           c.n_fences AS count,
-           CASE WHEN c.n_fences = 1 THEN c.store_id END AS store_id
-    FROM cells c, t
-) q WHERE q.geom IS NOT NULL
-""")
+{_CLUSTERS_MVT}""")
 
 _PG_FENCES = text(f"""
 WITH t AS (SELECT ST_TileEnvelope(:z, :x, :y) AS env)
@@ -140,14 +143,7 @@ cells AS (
     WHERE c.version = :v AND c.cx BETWEEN :cx0 AND :cx1 AND c.cy BETWEEN :cy0 AND :cy1
     GROUP BY 1, 2
 )
-SELECT ST_AsMVT(q, 'clusters', {EXTENT}, 'geom') FROM (
-    SELECT ST_AsMVTGeom(ST_Transform(ST_SetSRID(ST_MakePoint(c.lng, c.lat), 4326), 3857),
-                        t.env, {EXTENT}, {BUFFER}, true) AS geom,
-           c.n_fences AS count,
-           CASE WHEN c.n_fences = 1 THEN c.store_id END AS store_id
-    FROM cells c, t
-) q WHERE q.geom IS NOT NULL
-""")
+{_CLUSTERS_MVT}""")
 
 
 def build_pg_cells(engine: Engine) -> int:
