@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from service.campaigns import service as campaigns
 from service.campaigns.rules import targets
 from service.console import repository as repo
-from service.console import tiles, uploads, why
+from service.console import tiles, uploads, webhooks, why
 from service.console.charts import Series, daily_bars
 from service.console.sessions import (
     COOKIE,
@@ -495,6 +495,7 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
             reason=why.explain_reason(answer["reason"]), decisions=decisions, names=names,
         )  # fmt: skip
 
+    webhooks.add_routes(router, pages, settings)
     return router, pages
 
 
