@@ -8,6 +8,7 @@ the API's error mapping, so the console and the API say the same thing about the
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -115,6 +116,7 @@ def add_routes(router: APIRouter, pages: Pages, settings: Settings) -> None:
             "webhook.html", request, session, status, nav="webhooks", endpoint=endpoint,
             deliveries=deliveries["deliveries"], next_cursor=deliveries["next_cursor"],
             older=cursor is not None, flash=flash, problem=problem, since=since,
+            since_default=(datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S"),
             overlap_h=settings.webhook_secret_overlap_s / 3600,
         )  # fmt: skip
 
@@ -125,7 +127,9 @@ def add_routes(router: APIRouter, pages: Pages, settings: Settings) -> None:
         done: Annotated[str, Query(max_length=16)] = "",
         endpoint: Annotated[str, Query(max_length=32)] = "",
     ) -> Response:
-        flash = f"Endpoint {endpoint} is deleted." if done == "deleted" and endpoint else None
+        flash = None
+        if done in ("deleted", "enabled", "disabled") and endpoint:
+            flash = f"Endpoint {endpoint} is {done}."
         return await list_page(request, session, flash=flash)
 
     @router.post("/webhooks")
@@ -165,7 +169,8 @@ def add_routes(router: APIRouter, pages: Pages, settings: Settings) -> None:
         flash = {
             "enabled": "Deliveries resume: the endpoint is enabled.",
             "disabled": "The endpoint is disabled: no new deliveries until it is enabled.",
-            "replayed": f"{queued:,} deliveries queued again, under their original event ids.",
+            "replayed": f"{queued:,} {'delivery' if queued == 1 else 'deliveries'} queued again, "
+            "under the events' own ids.",
         }.get(done)
         return await endpoint_page(request, session, endpoint_id, cursor=cursor, flash=flash)
 
@@ -189,7 +194,7 @@ def add_routes(router: APIRouter, pages: Pages, settings: Settings) -> None:
         except DomainError as exc:
             raise PageError(exc) from None
         if back == "list":
-            return back_to(None)
+            return back_to(None, done="enabled" if on else "disabled", endpoint=endpoint_id)
         return back_to(endpoint_id, done="enabled" if on else "disabled")
 
     @router.post("/webhooks/{endpoint_id}/rotate")

@@ -3,16 +3,23 @@ form, marketer input escaped, and the API's own error messages on the forms."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from service.events import log as event_log
 from service.events.types import visit_event
+from service.settings import Settings
+from tests import webhook_receiver
 from tests.console.conftest import Api, sign_in
 from tests.helpers import iso
+from tests.service.conftest import _make_api
+from tests.webhook_receiver import always
 
 SCRIPT_URL = "http://127.0.0.1:9/hooks?next=<script>window.pwned=1</script>"
 SCRIPT_TAG = "<script>window.pwned=2</script>"
@@ -159,12 +166,15 @@ def test_disable_enable_and_delete(any_api: Api, where: str) -> None:
     )  # fmt: skip
     assert r.status_code == 303
     assert r.headers["location"] == (
-        f"{base}?done=disabled" if where == "endpoint" else "/console/webhooks"
+        f"{base}?done=disabled"
+        if where == "endpoint"
+        else f"/console/webhooks?done=disabled&endpoint={made['id']}"
     )
     [got] = endpoints(any_api)
     assert got["enabled"] is False and got["disabled_reason"] == "disabled through the console"
     page = any_api.client.get(r.headers["location"]).text
     assert "disabled through the console" in page and "badge off" in page
+    assert "The endpoint is disabled" in page or f"Endpoint {made['id']} is disabled." in page
     r = any_api.client.post(f"{base}/enabled", data={"csrf": csrf, "enabled": "true"})
     assert r.status_code == 200 and "Deliveries resume" in r.text
     assert endpoints(any_api)[0]["enabled"] is True
@@ -209,10 +219,13 @@ def test_deliveries_view_and_replay(any_api: Api) -> None:
     )
     assert r.status_code == 303 and r.headers["location"] == f"{base}?done=replayed&queued=3"
     page = any_api.client.get(r.headers["location"]).text
-    assert "3 deliveries queued again" in page
+    assert "3 deliveries queued again, under the events&#39; own ids." in page
     assert page.count('<span class="tag">replay</span>') == 3
     r = any_api.client.post(f"{base}/replay", data={"csrf": csrf, "since": iso(start)})
-    assert r.status_code == 200 and "3 deliveries queued again" in r.text, "RFC 3339 too"
+    assert (
+        r.status_code == 200
+        and "3 deliveries queued again, under the events&#39; own ids." in r.text
+    ), "RFC 3339 too"
     # A bad time: the API's message, on the form.
     api_msg = any_api.client.post(
         f"/v1/webhooks/{made['id']}/replay", params={"since": "yesterday"}, headers=any_api.admin
@@ -231,3 +244,30 @@ def test_webhook_pages_need_a_session(any_api: Api) -> None:
                             follow_redirects=False)  # fmt: skip
     assert r.status_code == 303 and r.headers["location"].startswith("/console/sign-in")
     assert endpoints(any_api) == []
+
+
+def test_an_endpoint_that_answered_410_shows_why_it_is_disabled(tmp_path: Path) -> None:
+    """The list says why an endpoint stopped (410 here), and what its last delivery got."""
+    settings = Settings(data_dir=tmp_path / "data", events_poll_s=0.1, log_level="WARNING")
+    serving = contextlib.contextmanager(webhook_receiver.serve)
+    app = contextlib.contextmanager(_make_api)
+    with serving() as receiver, app(settings) as api:
+        csrf = sign_in(api)
+        url = receiver.on("/gone", always(410))
+        assert create(api, csrf, url=url)[0] == 201
+        [made] = endpoints(api)
+        with api.app_state.engine.begin() as conn:
+            event_log.record(conn, [visit_event(
+                "enter", device_id="d", user_id=None, store_id="s", ping_key="p",
+                occurred_at=datetime.now(UTC),
+            )])  # fmt: skip
+        deadline = time.monotonic() + 20
+        while endpoints(api)[0]["enabled"]:
+            assert time.monotonic() < deadline, "the 410 did not disable the endpoint"
+            time.sleep(0.1)
+        assert receiver.at("/gone"), "the receiver was asked"
+        page = api.client.get("/console/webhooks").text
+        row = page[page.index(made["id"]) :]
+        assert '<span class="badge off">disabled</span>' in row
+        assert "410 Gone: the endpoint asked to be disabled" in row
+        assert re.search(r'<span class="dstatus failed">failed</span>\s*· HTTP 410', row)
