@@ -271,3 +271,14 @@ def test_an_endpoint_that_answered_410_shows_why_it_is_disabled(tmp_path: Path) 
         assert '<span class="badge off">disabled</span>' in row
         assert "410 Gone: the endpoint asked to be disabled" in row
         assert re.search(r'<span class="dstatus failed">failed</span>\s*· HTTP 410', row)
+
+
+def test_rotation_without_an_overlap_says_the_old_secret_stopped(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", webhook_secret_overlap_s=0, log_level="WARNING")
+    with contextlib.contextmanager(_make_api)(settings) as api:
+        csrf = sign_in(api)
+        create(api, csrf)
+        [made] = endpoints(api)
+        r = api.client.post(f"/console/webhooks/{made['id']}/rotate", data={"csrf": csrf})
+        assert r.status_code == 200 and secret_on(r.text)
+        assert "The previous secret no longer signs" in r.text and "two signatures" not in r.text
