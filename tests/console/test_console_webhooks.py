@@ -226,6 +226,13 @@ def test_deliveries_view_and_replay(any_api: Api) -> None:
         r.status_code == 200
         and "3 deliveries queued again, under the events&#39; own ids." in r.text
     ), "RFC 3339 too"
+    # Older pages: the API's cursor (9 deliveries now, newest first).
+    listed = any_api.client.get(
+        f"/v1/webhooks/{made['id']}/deliveries", headers=any_api.admin
+    ).json()["deliveries"]
+    assert len(listed) == 9
+    older = any_api.client.get(base, params={"cursor": listed[5]["id"]}).text
+    assert older.count("<td>visit.entered</td>") == 3 and "back to the newest" in older
     # A bad time: the API's message, on the form.
     api_msg = any_api.client.post(
         f"/v1/webhooks/{made['id']}/replay", params={"since": "yesterday"}, headers=any_api.admin
