@@ -1,4 +1,5 @@
-"""The marketer console's routes (DESIGN §9): pages, the map's tiles, and its small JSON API.
+"""The marketer console's routes (DESIGN §9): pages, the map's tiles, and its small JSON API;
+and the Webhooks pages (DESIGN §10) on the service functions the ``/v1/webhooks`` API calls.
 
 Pages are rendered on the server (Jinja, autoescaped); the map, the file drop and the
 "why" map use small scripts from ``static/``. Every route needs a console session except
@@ -11,17 +12,17 @@ import secrets
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import anyio.to_thread
-from fastapi import APIRouter, Body, FastAPI, Form, Query, Request
+from fastapi import APIRouter, Body, FastAPI, Form, Path, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
 
 from service.campaigns import service as campaigns
 from service.campaigns.rules import targets
 from service.console import repository as repo
-from service.console import tiles, uploads, why
+from service.console import tiles, uploads, webhooks, why
 from service.console.charts import Series, daily_bars
 from service.console.sessions import (
     COOKIE,
@@ -49,11 +50,16 @@ from service.console.web import (
 from service.db import versions
 from service.errors import DomainError, InvalidFile, InvalidInput, NotFound
 from service.fences import service as fences
+from service.http.errors import invalid_request
 from service.offers.report import campaign_report
 from service.settings import Settings
+from service.webhooks import service as webhook_service
+from service.webhooks.router import WebhookCreate
 
 TILE_CACHE_SIZE = 2048
 CHART_DAYS = 30
+EndpointId = Annotated[str, Path(min_length=1, max_length=32)]
+SINCE = TypeAdapter(AwareDatetime)  # the type of the API's replay?since=
 
 
 class UploadIn(BaseModel):
@@ -494,6 +500,188 @@ def build_router(settings: Settings) -> tuple[APIRouter, Pages]:
             "why.html", request, session, nav="why", form=form, answer=answer,
             reason=why.explain_reason(answer["reason"]), decisions=decisions, names=names,
         )  # fmt: skip
+
+    # --- webhooks (on service.webhooks, as the API) ----------------------------------
+
+    def back_to(endpoint_id: str | None, **query: Any) -> Response:
+        path = f"{PREFIX}/webhooks" + (f"/{endpoint_id}" if endpoint_id else "")
+        return secure(
+            RedirectResponse(path + ("?" + urlencode(query) if query else ""), 303), settings
+        )
+
+    async def webhooks_list(
+        request: Request, session: Any, status: int = 200, *, form: dict[str, Any] | None = None,
+        problem: DomainError | None = None, flash: str | None = None,
+    ) -> Response:  # fmt: skip
+        items = await anyio.to_thread.run_sync(webhooks.endpoints, _state(request).engine)
+        return pages.render(
+            "webhooks.html", request, session, status, nav="webhooks", items=items,
+            event_types=webhooks.EVENT_TYPES, flash=flash, problem=problem,
+            invalid=webhooks.invalid_fields(problem) if problem else set(),
+            form=form or {"url": "", "scope": "all", "events": [], "store_tags": ""},
+        )  # fmt: skip
+
+    async def webhook_detail(
+        request: Request, session: Any, endpoint_id: str, status: int = 200, *,
+        cursor: int | None = None, flash: str | None = None, problem: DomainError | None = None,
+        since: str = "",
+    ) -> Response:  # fmt: skip
+        try:
+            endpoint, deliveries = await anyio.to_thread.run_sync(
+                webhooks.endpoint_view, _state(request).engine, endpoint_id, cursor
+            )
+        except DomainError as exc:
+            raise PageError(exc) from None
+        return pages.render(
+            "webhook.html", request, session, status, nav="webhooks", endpoint=endpoint,
+            deliveries=deliveries["deliveries"], next_cursor=deliveries["next_cursor"],
+            older=cursor is not None, flash=flash, problem=problem,
+            since=since or webhooks.since_default(),
+            overlap_h=settings.webhook_secret_overlap_s / 3600,
+        )  # fmt: skip
+
+    @router.get("/webhooks")
+    async def webhooks_page(
+        request: Request,
+        session: PageSession,
+        done: Annotated[str, Query(max_length=16)] = "",
+        endpoint: Annotated[str, Query(max_length=32)] = "",
+    ) -> Response:
+        return await webhooks_list(request, session, flash=webhooks.list_flash(done, endpoint))
+
+    @router.post("/webhooks")
+    async def create_webhook(
+        request: Request,
+        session: PageCsrf,
+        url: Annotated[str, Form()] = "",
+        scope: Annotated[str, Form(max_length=8)] = "all",
+        events: Annotated[list[str] | None, Form()] = None,
+        store_tags: Annotated[str, Form()] = "",
+    ) -> Response:
+        engine = _state(request).engine
+        form = {"url": url, "scope": scope, "events": events or [], "store_tags": store_tags}
+        try:
+            try:  # the API's request model, and its wording of what is wrong
+                body = WebhookCreate.model_validate(
+                    webhooks.create_body(url, scope, events or [], store_tags)
+                )
+            except ValidationError as exc:
+                raise invalid_request(exc.errors(), ("body",)) from None
+            created = await anyio.to_thread.run_sync(
+                lambda: webhook_service.create_endpoint(
+                    engine, body.url, body.events, body.store_tags
+                )
+            )
+        except DomainError as exc:
+            return await webhooks_list(request, session, exc.status_code, form=form, problem=exc)
+        return pages.render(
+            "webhook_secret.html", request, session, 201, nav="webhooks", endpoint=created,
+            secret=created["secret"], rotated=None,
+        )  # fmt: skip
+
+    @router.get("/webhooks/{endpoint_id}")
+    async def webhook_page(
+        request: Request,
+        endpoint_id: EndpointId,
+        session: PageSession,
+        cursor: Annotated[int | None, Query(ge=0)] = None,
+        done: Annotated[str, Query(max_length=16)] = "",
+        queued: Annotated[int, Query(ge=0)] = 0,
+    ) -> Response:
+        flash = webhooks.endpoint_flash(done, queued)
+        return await webhook_detail(request, session, endpoint_id, cursor=cursor, flash=flash)
+
+    @router.post("/webhooks/{endpoint_id}/enabled")
+    async def set_webhook_enabled(
+        request: Request,
+        endpoint_id: EndpointId,
+        session: PageCsrf,
+        enabled: Annotated[str, Form(max_length=8)],
+        back: Annotated[str, Form(max_length=8)] = "endpoint",
+    ) -> Response:
+        if enabled not in ("true", "false"):
+            raise PageError(InvalidInput("enabled is true or false", [{"field": "enabled"}]))
+        on, engine = enabled == "true", _state(request).engine
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: webhook_service.patch_endpoint(
+                    engine, endpoint_id, {"enabled": on}, via="the console"
+                )
+            )
+        except DomainError as exc:
+            raise PageError(exc) from None
+        done = "enabled" if on else "disabled"
+        if back == "list":
+            return back_to(None, done=done, endpoint=endpoint_id)
+        return back_to(endpoint_id, done=done)
+
+    @router.post("/webhooks/{endpoint_id}/rotate")
+    async def rotate_webhook_secret(
+        request: Request, endpoint_id: EndpointId, session: PageCsrf
+    ) -> Response:
+        engine, overlap = _state(request).engine, settings.webhook_secret_overlap_s
+
+        def run() -> tuple[dict[str, Any], dict[str, Any]]:
+            rotated = webhook_service.rotate_secret(engine, endpoint_id, overlap)
+            return rotated, webhook_service.get_endpoint(engine, endpoint_id)
+
+        try:
+            rotated, endpoint = await anyio.to_thread.run_sync(run)
+        except DomainError as exc:
+            raise PageError(exc) from None
+        return pages.render(
+            "webhook_secret.html", request, session, nav="webhooks", endpoint=endpoint,
+            secret=rotated["secret"], rotated=rotated, overlap_h=overlap / 3600,
+        )  # fmt: skip
+
+    @router.get("/webhooks/{endpoint_id}/delete")
+    async def confirm_webhook_delete(
+        request: Request, endpoint_id: EndpointId, session: PageSession
+    ) -> Response:
+        try:
+            endpoint = await anyio.to_thread.run_sync(
+                webhook_service.get_endpoint, _state(request).engine, endpoint_id
+            )
+        except DomainError as exc:
+            raise PageError(exc) from None
+        return pages.render(
+            "webhook_delete.html", request, session, nav="webhooks", endpoint=endpoint
+        )
+
+    @router.post("/webhooks/{endpoint_id}/delete")
+    async def delete_webhook(
+        request: Request, endpoint_id: EndpointId, session: PageCsrf
+    ) -> Response:
+        try:
+            await anyio.to_thread.run_sync(
+                webhook_service.delete_endpoint, _state(request).engine, endpoint_id
+            )
+        except DomainError as exc:
+            raise PageError(exc) from None
+        return back_to(None, done="deleted", endpoint=endpoint_id)
+
+    @router.post("/webhooks/{endpoint_id}/replay")
+    async def replay_webhook(
+        request: Request,
+        endpoint_id: EndpointId,
+        session: PageCsrf,
+        since: Annotated[str, Form(max_length=64)] = "",
+    ) -> Response:
+        try:
+            try:  # the API's type for since=, and its wording of what is wrong
+                at = SINCE.validate_python(webhooks.since_text(since))
+            except ValidationError as exc:
+                raise invalid_request(exc.errors(), ("query", "since")) from None
+            done = await anyio.to_thread.run_sync(
+                webhook_service.replay, _state(request).engine, endpoint_id, at
+            )
+        except DomainError as exc:
+            if exc.status_code == 404:
+                raise PageError(exc) from None
+            return await webhook_detail(
+                request, session, endpoint_id, exc.status_code, problem=exc, since=since
+            )
+        return back_to(endpoint_id, done="replayed", queued=done["queued"])
 
     return router, pages
 

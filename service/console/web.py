@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import mimetypes
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -155,6 +156,8 @@ class Pages:
         self.env.filters["number"] = _number
         self.env.filters["pct"] = _pct
         self.env.filters["duration"] = duration
+        self.env.filters["when"] = when
+        self.env.filters["age"] = age
 
     def render(
         self,
@@ -178,6 +181,29 @@ def _pct(value: float | None, signed: bool = False) -> str:
     if value is None:
         return "–"
     return f"{value * 100:+.1f} %" if signed else f"{value * 100:.1f} %"
+
+
+def when(iso: str | None) -> str:
+    """``2026-11-30T09:15:02.123Z`` → ``2026-11-30 09:15:02 UTC`` (the console speaks UTC)."""
+    if not iso:
+        return "–"
+    return f"{iso[:10]} {iso[11:19]} UTC"
+
+
+def age(iso: str | None, now: datetime | None = None) -> str:
+    """How long ago an RFC 3339 time was, roughly: ``40 s``, ``12 min``, ``3 h``, ``2 d``.
+
+    >>> age("2026-01-01T00:00:00Z", datetime(2026, 1, 1, 2, 30, tzinfo=UTC))
+    '2 h'
+    """
+    if not iso:
+        return "–"
+    then = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    s = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s // size} {unit}"
+    return f"{s} s"
 
 
 def duration(seconds: Any) -> str:

@@ -5,6 +5,7 @@ of domain errors, validation errors and an unreachable database or Redis to it (
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from service.caps.base import CapUnavailable
-from service.errors import DomainError
+from service.errors import DomainError, InvalidInput
 from service.limits import CONTROL_REASON, NO_CONTROL, TEXT
 from service.responses import ORJSONResponse
 from service.state.base import StateUnavailable
@@ -42,12 +43,16 @@ def _reason(err: Any) -> str:
     return str(err.get("msg", "invalid")).removeprefix("Value error, ")
 
 
-def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+def invalid_request(errors: Sequence[Any], loc: tuple[str, ...] = ()) -> InvalidInput:
+    """Pydantic's errors as the API words them: ``invalid request: field: reason; …`` with
+    one detail per field. The console's forms show their errors through this too, so a
+    marketer reads what an API client would (``loc`` prefixes each field, e.g. ``body``)."""
     details = []
-    for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ())]
-        details.append({"field": ".".join(loc), "reason": _reason(err)})
-    return details
+    for err in errors:
+        path = [*loc, *(str(p) for p in err.get("loc", ()))]
+        details.append({"field": ".".join(path), "reason": _reason(err)})
+    summary = "; ".join(f"{d['field']}: {d['reason']}" for d in details[:5])
+    return InvalidInput(f"invalid request: {summary}", details)
 
 
 def _unavailable(what: str) -> ORJSONResponse:
@@ -70,11 +75,8 @@ def error_response(exc: Exception) -> ORJSONResponse | None:
             error_body(exc.code, exc.message, exc.details), exc.status_code, headers=headers
         )
     if isinstance(exc, RequestValidationError):
-        details = _validation_details(exc)
-        summary = "; ".join(f"{d['field']}: {d['reason']}" for d in details[:5])
-        return ORJSONResponse(
-            error_body("invalid_input", f"invalid request: {summary}", details), 422
-        )
+        invalid = invalid_request(exc.errors())
+        return ORJSONResponse(error_body(invalid.code, invalid.message, invalid.details), 422)
     if isinstance(exc, OperationalError):
         # The database is unreachable (not a bug in a query): say so, and let clients retry.
         log.warning("database unavailable: %s", type(exc.orig).__name__)

@@ -92,6 +92,19 @@ def backlog(conn: Connection, endpoint_id: str | None = None) -> dict[str, tuple
     return {ep: (int(n), aware(oldest)) for ep, n, oldest in conn.execute(stmt)}
 
 
+def last_attempted(conn: Connection, endpoint_id: str) -> Any:
+    """The endpoint's newest delivery that has had an attempt (its status, the answer's
+    code or error, when), or None. Walks ``ix_webhook_deliveries_list`` backwards."""
+    d = DELIVERIES.c
+    return conn.execute(
+        select(d.event_id, d.status, d.attempts, d.last_attempt_at, d.last_status_code,
+               d.last_error)
+        .where(d.endpoint_id == endpoint_id, d.last_attempt_at.is_not(None))
+        .order_by(d.id.desc())
+        .limit(1)
+    ).first()  # fmt: skip
+
+
 def oldest_unhandled(conn: Connection, flag: str) -> datetime | None:
     """When the oldest event not yet ``fanned_out`` / ``streamed`` was recorded."""
     column = EVENTS.c[flag]

@@ -131,16 +131,40 @@ def get_endpoint(engine: Engine, endpoint_id: str) -> dict[str, Any]:
         return public(row, repo.backlog(conn, endpoint_id).get(endpoint_id))
 
 
-def list_endpoints(engine: Engine) -> list[dict[str, Any]]:
+def list_endpoints(engine: Engine, *, last_attempt: bool = False) -> list[dict[str, Any]]:
+    """Every endpoint as :func:`public` shows it; with ``last_attempt``, each also has the
+    newest attempted delivery under ``last_attempt`` (None before the first attempt)."""
     with engine.connect() as conn:
         backlog = repo.backlog(conn)
-        return [public(r, backlog.get(r.id)) for r in repo.list_endpoints(conn)]
+        items = []
+        for r in repo.list_endpoints(conn):
+            item = public(r, backlog.get(r.id))
+            if last_attempt:
+                item["last_attempt"] = _attempt(repo.last_attempted(conn, r.id))
+            items.append(item)
+        return items
 
 
-def patch_endpoint(engine: Engine, endpoint_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+def _attempt(row: Any) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {
+        "event_id": row.event_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "at": _iso(row.last_attempt_at),
+        "status_code": row.last_status_code,
+        "error": row.last_error,
+    }
+
+
+def patch_endpoint(
+    engine: Engine, endpoint_id: str, changes: dict[str, Any], *, via: str = "the API"
+) -> dict[str, Any]:
     """Apply the fields present in ``changes`` (``url``, ``events``, ``store_tags``,
     ``enabled``); ``events`` / ``store_tags`` set to None mean "all". Enabling an endpoint
-    clears why it was disabled, and its pending deliveries resume."""
+    clears why it was disabled, and its pending deliveries resume; disabling it by hand
+    records ``disabled through {via}`` (the API, the console) as the reason."""
     values: dict[str, Any] = {}
     if "url" in changes:
         if changes["url"] is None:
@@ -157,7 +181,7 @@ def patch_endpoint(engine: Engine, endpoint_id: str, changes: dict[str, Any]) ->
         if values["enabled"]:
             values.update(disabled_reason=None, disabled_at=None, failing_since=None)
         else:
-            values.update(disabled_reason="disabled through the API", disabled_at=_now())
+            values.update(disabled_reason=f"disabled through {via}", disabled_at=_now())
     with engine.begin() as conn:
         current = _get(conn, endpoint_id, lock=True)
         if values.get("enabled") is False and not current.enabled:

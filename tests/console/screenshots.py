@@ -82,6 +82,14 @@ def main() -> None:
             page.wait_for_selector("#answer")
             map_ready(page)
             page.screenshot(path=OUT / "why.png", full_page=True)
+            hook = {
+                "url": "http://127.0.0.1:9/crm",
+                "events": ["offer.redeemed"],
+                "store_tags": ["nyc"],
+            }
+            httpx.post(f"{base}/v1/webhooks", json=hook, headers={"Authorization": f"Bearer {key}"})
+            page.goto(f"{base}/console/webhooks")
+            page.screenshot(path=OUT / "webhooks.png", full_page=True)
             print("blocked requests:", guard.blocked)
             print("console errors:", guard.console_errors)
     finally:

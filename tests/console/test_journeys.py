@@ -18,14 +18,16 @@ import httpx
 import psycopg
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from service.auth import Role, create_key
 from service.db.engine import make_engine
 from service.settings import Settings
+from tests import webhook_receiver
 from tests.console.browser import browser, map_ready, offline_context, sign_in, watch_console
 from tests.helpers import ago, iso
 from tests.service.conftest import _reset_postgis
+from tests.webhook_receiver import Receiver, ok
 
 BIN = Path(sys.executable).parent / "geo-offers"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -476,3 +478,99 @@ def test_keyboard_only(page: Page, server: Server) -> None:
     tab_to("Resume")
     page.keyboard.press("Enter")
     expect(page.get_by_role("status")).to_contain_text("is now active")
+
+
+def reload_until(page: Page, where: Locator, text: str, timeout_s: float = 20) -> None:
+    """Reload until ``where`` shows ``text`` (server-rendered pages do not update by themselves)."""
+    deadline = time.monotonic() + timeout_s
+    while not (where.count() and text in where.first.inner_text()):
+        assert time.monotonic() < deadline, page.locator("main").inner_text()
+        time.sleep(0.3)
+        page.reload()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    yield from webhook_receiver.serve()
+
+
+def test_webhook_endpoint_from_the_console(page: Page, server: Server, receiver: Receiver) -> None:
+    """Add an endpoint pointing at a real receiver (it verifies signatures with the Standard
+    Webhooks library), copy its secret, redeem an offer, see the delivery, disable, delete."""
+    sign_in(page, server.url, server.keys[Role.admin])
+    page.click("nav >> text=Webhooks")
+    expect(page.get_by_role("heading", name="Webhooks", exact=True)).to_be_visible()
+    url = receiver.url("/crm")
+    page.fill("#url", url)
+    page.check("input[name=events][value='offer.redeemed']")
+    expect(page.locator("input[name=scope][value=some]")).to_be_checked()  # "only these"
+    page.fill("#store_tags", "nyc, <script>window.pwned=5</script>")
+    page.click("#webhook-form button[type=submit]")
+    expect(page.get_by_role("heading", name="Endpoint added")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("Copy the secret now")
+    secret = page.input_value("#secret")
+    assert secret.startswith("whsec_")
+    receiver.on("/crm", ok, secrets=[secret])
+    shot(page, "webhook-secret")
+    page.click("text=I have copied it")
+    expect(page.locator("h1")).to_have_text(url)
+    assert secret not in page.content(), "the secret is not shown again"
+    expect(page.locator(".tag", has_text="<script>window.pwned=5</script>")).to_have_count(1)
+
+    # Something happens: an offer is issued at Flatiron (tagged nyc) and redeemed.
+    before = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 2))
+    ping = {"device_id": "hooks-phone", "user_id": "hooks-user", "lat": FLATIRON[0],
+            "lng": FLATIRON[1], "accuracy_m": 5.0, "timestamp": iso(ago(0))}  # fmt: skip
+    r = httpx.post(f"{server.url}/v1/locations", json=ping, headers=server.headers(Role.sdk))
+    assert r.status_code == 200 and r.json()["offer"] is not None, r.text
+    coupon = r.json()["offer"]["coupon_code"]
+    r = httpx.post(
+        f"{server.url}/v1/redemptions",
+        json={"coupon_code": coupon},
+        headers=server.headers(Role.server),
+    )
+    assert r.status_code == 200, r.text
+    receiver.wait_for(lambda: bool(receiver.delivered("/crm")), 30, "the redemption's delivery")
+    [got] = receiver.at("/crm")
+    assert got.verified_with == [0], "signed with the secret the console showed"
+    assert got.envelope["type"] == "offer.redeemed"
+    assert got.envelope["data"]["coupon_code"] == coupon
+
+    # The deliveries view shows it, delivered, under the id the receiver saw.
+    row = page.locator("table.deliveries tbody tr", has_text=got.id)
+    reload_until(page, row, "delivered")
+    expect(row.locator("td")).to_have_text(
+        [got.id, "offer.redeemed", "delivered", "1", "HTTP 200", re.compile("UTC"), "–"]
+    )
+    shot(page, "webhook-deliveries")
+    # Deliver again, since just before the redemption: the same event, under the same id.
+    page.fill("#since", before)
+    page.get_by_role("button", name="Queue them again").click()
+    expect(page.get_by_role("status")).to_have_text(
+        "1 delivery queued again, under the events' own ids."
+    )
+    receiver.wait_for(lambda: len(receiver.delivered("/crm")) == 2, 30, "the replay")
+    assert [r.id for r in receiver.at("/crm")] == [got.id, got.id]
+    assert receiver.at("/crm")[1].verified_with == [0]
+    page.click("nav >> text=Webhooks")
+    listed = page.locator("table.webhooks tbody tr", has_text=url)
+    reload_until(page, listed, "delivered · HTTP 200")  # the replay's outcome is stored
+    expect(listed.locator(".badge")).to_have_text("enabled")
+    shot(page, "webhooks")
+
+    # Disable, from the endpoint's page; then delete, after confirming.
+    listed.get_by_role("link", name=url).click()
+    page.get_by_role("button", name="Disable").click()
+    expect(page.get_by_role("status")).to_contain_text("The endpoint is disabled")
+    expect(page.locator("#endpoint-status")).to_contain_text("disabled through the console")
+    r = httpx.get(f"{server.url}/v1/webhooks", headers=server.headers(Role.admin))
+    [endpoint] = [w for w in r.json()["webhooks"] if w["url"] == url]
+    assert endpoint["enabled"] is False
+    page.get_by_role("link", name="Delete…").click()
+    expect(page.get_by_role("heading", name="Delete this endpoint?")).to_be_visible()
+    page.get_by_role("button", name="Delete the endpoint").click()
+    expect(page.get_by_role("status")).to_have_text(f"Endpoint {endpoint['id']} is deleted.")
+    expect(page.locator("table.webhooks tbody tr", has_text=url)).to_have_count(0)
+    r = httpx.get(f"{server.url}/v1/webhooks/{endpoint['id']}", headers=server.headers(Role.admin))
+    assert r.status_code == 404
+    assert page.evaluate("() => window.pwned") is None, "no marketer markup ran"
