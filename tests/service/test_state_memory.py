@@ -27,6 +27,7 @@ class _Result:
     answer: bytes
     reason: str = "no_trigger"
     pending: bool = False
+    records: tuple[Any, ...] = ()
 
 
 def _step(ts: float) -> Any:
