@@ -169,3 +169,24 @@ def test_one_users_story_reaches_the_receiver_once_per_event(
         assert streamed == Counter({row.id: 1 for row in final})
         assert client.xlen(layout.inbox_key(layout.partition("phone-1"))) == 0
         client.close()
+
+
+def test_a_new_device_of_a_user_without_consent_records_no_visit(api: Api) -> None:
+    """The script stores the step with its events before the user's consent flag is seen
+    (same round trip); the undo takes the events out of the inbox with the state."""
+    r = api.client.post(
+        "/v1/geofences/import", files={"file": ("s.csv", io.BytesIO(STORES))}, headers=api.admin
+    )
+    assert r.status_code == 200, r.text
+    r = api.client.patch("/v1/users/u-9", json={"location_consent": False}, headers=api.server)
+    assert r.status_code == 200, r.text
+    body = {"device_id": "new-phone", "user_id": "u-9", "lat": INSIDE[0], "lng": INSIDE[1],
+            "accuracy_m": 5, "timestamp": iso(datetime.now(UTC))}  # fmt: skip
+    r = api.client.post("/v1/locations", json=body, headers=api.sdk)
+    assert r.json()["reason"] == "consent_denied" and r.json()["events"] == []
+    layout = StreamLayout(api.settings.redis_prefix, api.settings.stream_partitions)
+    client = redis.Redis.from_url(api.settings.redis_url or "")
+    assert client.xrange(layout.inbox_key(layout.partition("new-phone"))) == []
+    client.close()
+    time.sleep(1.5)  # the relays' polls
+    assert logged(api) == []
