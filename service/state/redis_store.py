@@ -153,7 +153,9 @@ class RedisStateStore:
         self._cas_script = _CAS.encode()
         self._cas = client.register_script(_CAS)  # redis-py's EVALSHA with a NOSCRIPT retry
         self._known = _Copies(CACHE_MAX)
-        self._denials_marker = f"{prefix}:{{denials}}:loaded"  # one key, its own slot
+        # One key, its own slot. Named anew with the device key layout of the visit events
+        # (issue 14), so that the first start after the upgrade refills the consent flags.
+        self._denials_marker = f"{prefix}:{{denials}}:loaded:ev"
 
     @classmethod
     def from_url(

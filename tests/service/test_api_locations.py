@@ -84,7 +84,9 @@ def test_retried_ping_gets_the_first_answer_and_changes_nothing(api: Api) -> Non
     b = ping(api, *offset(*CENTER, 0, 500), t2)
     assert a == b and a["ping_id"] and kinds(a) == [("exit", "s-001")]
     keys = [k.decode() for k in r.scan_iter(match=f"{api.settings.redis_prefix}*")]
-    keys.remove(f"{api.settings.redis_prefix}:{{denials}}:loaded")  # the service's one global key
+    keys.remove(
+        f"{api.settings.redis_prefix}:{{denials}}:loaded:ev"
+    )  # the service's one global key
     # The device's keys, and its event partition's streams (inbox, events): one hash tag.
     tag = f"{api.settings.redis_prefix}:{{ev:{partition(api.settings, 'dev-1')}}}:"
     assert state_key.encode() in r.keys(f"{tag}*"), "the device's keys carry the tag"
