@@ -99,4 +99,4 @@ class LocalInbox:
 
 def _record(engine: Engine, events: Sequence[Event]) -> None:
     with engine.begin() as conn:
-        event_log.record(conn, events)
+        event_log.record_arrived(conn, events)

@@ -325,7 +325,7 @@ def _mark_streamed(conn: Connection, seqs: Iterable[int]) -> None:
 
 def _record(engine: Engine, events: Sequence[Event]) -> None:
     with engine.begin() as conn:
-        event_log.record(conn, events)
+        event_log.record_arrived(conn, events)
 
 
 def client_from_url(url: str, cluster: bool) -> Client:

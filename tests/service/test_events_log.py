@@ -277,3 +277,25 @@ def test_erasure_and_visit_helpers(engine: Engine) -> None:
         "user_id": "u-1",
         "erasure_id": "er-9",
     }
+
+
+def test_events_arriving_after_their_users_erasure_are_recorded_redacted(engine: Engine) -> None:
+    """A visit event still in an inbox when its user is erased enters the log redacted."""
+    from service.users import repository as users_repo
+
+    with engine.begin() as conn:
+        users_repo.record_erasure(conn, "u-1", [], T0 + timedelta(minutes=1), T0)
+    late_ping = visit_event(
+        "enter", device_id="dev-1", user_id="u-1", store_id="s-1", ping_key="p-later",
+        occurred_at=T0 + timedelta(minutes=2),
+    )  # fmt: skip
+    before, other = visit(), visit(device="dev-9", user="u-9", ping="p-9")
+    with engine.begin() as conn:
+        event_log.record_arrived(conn, [before, late_ping, other])
+    rows = {r.id: r for r in stored(engine)}
+    assert set(rows) == {before.id, late_ping.id, other.id}
+    gone = rows[before.id]
+    assert gone.data["user_id"] is None and gone.data["device_id"] is None
+    assert gone.user_id is None and gone.partition_key == "" and gone.data["store_id"] == "s-1"
+    assert rows[late_ping.id].data["user_id"] == "u-1", "a ping after the erasure is kept"
+    assert rows[other.id].data["user_id"] == "u-9"
