@@ -299,3 +299,38 @@ def test_events_arriving_after_their_users_erasure_are_recorded_redacted(engine:
     assert gone.user_id is None and gone.partition_key == "" and gone.data["store_id"] == "s-1"
     assert rows[late_ping.id].data["user_id"] == "u-1", "a ping after the erasure is kept"
     assert rows[other.id].data["user_id"] == "u-9"
+
+
+def test_the_local_inbox_keeps_what_it_could_not_write_and_writes_it_later(
+    tmp_path: Path,
+) -> None:
+    """The embedded default's inbox: a failed write keeps the events queued (in order) and
+    the task retries; stopping writes what is left."""
+    from service.events.inbox import LocalInbox
+
+    engine = make_engine(Settings(data_dir=tmp_path, database_url=None))  # no tables yet
+
+    async def scenario() -> None:
+        inbox = LocalInbox(engine, retry_s=0.05)
+        first = [visit(ping=f"p-{i}") for i in range(3)]
+        inbox.add(first)
+        with pytest.raises(Exception, match="no such table"):
+            await inbox.flush()
+        assert len(inbox) == 3, "kept for the next try"
+        inbox.start()
+        await asyncio.sleep(0.2)  # the task retries and fails again meanwhile
+        assert len(inbox) == 3
+        await asyncio.to_thread(upgrade, engine)
+        inbox.add([visit(ping="p-3"), first[0]])  # a repeat of an id: recorded once
+        for _ in range(100):
+            if not len(inbox):
+                break
+            await asyncio.sleep(0.05)
+        assert len(inbox) == 0
+        inbox.add([visit(ping="p-4")])
+        await inbox.stop()  # writes what is left
+
+    asyncio.run(scenario())
+    rows = stored(engine)
+    assert [r.data["ping_id"] for r in rows] == ["p-0", "p-1", "p-2", "p-3", "p-4"]
+    engine.dispose()
