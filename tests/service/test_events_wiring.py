@@ -6,7 +6,9 @@ device-state script's inbox stream) and on the embedded default (the local inbox
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -168,6 +170,19 @@ def test_one_users_story_reaches_the_receiver_once_per_event(
             time.sleep(0.05)
         assert streamed == Counter({row.id: 1 for row in final})
         assert client.xlen(layout.inbox_key(layout.partition("phone-1"))) == 0
+        # The README's consumer over every partition, as written there (but not blocking).
+        r, prefix = client, api.settings.redis_prefix
+        keys = [f"{prefix}:{{ev:{n}}}:events" for n in range(64)]
+        for key in keys:
+            with contextlib.suppress(redis.ResponseError):  # the group exists
+                r.xgroup_create(key, "crm", id="0", mkstream=True)
+        handled: list[dict[str, Any]] = []
+        while batch := r.xreadgroup("crm", "worker-1", {k: ">" for k in keys}, count=100):
+            for key, entries in batch:
+                for entry_id, fields in entries:
+                    handled.append(json.loads(fields[b"envelope"]))
+                    r.xack(key, "crm", entry_id)
+        assert sorted(e["id"] for e in handled) == sorted(row.id for row in final)
         client.close()
 
 
