@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from service.db.models import ErasureRow, EventRow, Geofence, WebhookDeliveryRow
 from service.events.types import Event, EventType, user_erased
 from service.timeutil import aware
-from service.users.repository import user_hash
+from service.users.repository import user_hash, without_consent
 
 EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
 DELIVERIES: Table = WebhookDeliveryRow.__table__  # type: ignore[assignment]
@@ -134,12 +134,19 @@ def redact_user(conn: Connection, user_id: str, device_ids: Iterable[str] = ()) 
     return len(rows)
 
 
-def record_arrived(conn: Connection, events: Sequence[Event]) -> None:
-    """Record events that waited outside the database (the visit events of an inbox): one
-    whose user has been erased since it happened is recorded redacted, as the erasure's
-    :func:`redact_user` would have left it had the event been in the log already."""
+def record_arrived(conn: Connection, events: Sequence[Event]) -> int:
+    """Record events that waited outside the database (the visit events of an inbox),
+    checked against what happened to their users meanwhile, as if they had been in the log
+    already: one whose user has been erased since is recorded redacted (as
+    :func:`redact_user` leaves the others); one whose user has withdrawn location consent is
+    not recorded (nor exported) at all. Returns the number of events left out."""
     users = {str(e.data["user_id"]) for e in events if e.data.get("user_id") is not None}
+    left_out = 0
     if users:
+        denied = without_consent(conn, users)
+        if denied:
+            kept = [e for e in events if e.data.get("user_id") not in denied]
+            left_out, events = len(events) - len(kept), kept
         hashes = {user_hash(u): u for u in users}
         found = conn.execute(
             select(ERASURES.c.user_hash, ERASURES.c.requested_at).where(
@@ -150,6 +157,7 @@ def record_arrived(conn: Connection, events: Sequence[Event]) -> None:
         if erased:
             events = [_redacted(e) if _erased_after(e, erased) else e for e in events]
     record(conn, events)
+    return left_out
 
 
 def _erased_after(event: Event, erased: dict[str, datetime]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -167,16 +168,26 @@ def devices_of(conn: Connection, user_id: str) -> list[str]:
     return [r[0] for r in rows if r[0]]
 
 
-def users_without_consent(engine: Engine) -> list[str]:
-    """Users whose ``location_consent`` is false (to refill the ping path's fast copy)."""
-    if engine.dialect.name == "postgresql":
-        cond = (
+def _no_consent(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return (
             type_coerce(USERS.c.attributes, postgresql.JSONB)["location_consent"].astext == "false"
         )
-    else:
-        cond = func.json_extract(USERS.c.attributes, "$.location_consent") == 0
+    return func.json_extract(USERS.c.attributes, "$.location_consent") == 0
+
+
+def users_without_consent(engine: Engine) -> list[str]:
+    """Users whose ``location_consent`` is false (to refill the ping path's fast copy)."""
     with engine.connect() as conn:
+        cond = _no_consent(engine.dialect.name)
         return [r[0] for r in conn.execute(select(USERS.c.user_id).where(cond))]
+
+
+def without_consent(conn: Connection, user_ids: Iterable[str]) -> set[str]:
+    """Those of ``user_ids`` whose ``location_consent`` is false."""
+    cond = _no_consent(conn.dialect.name)
+    query = select(USERS.c.user_id).where(USERS.c.user_id.in_(list(user_ids)), cond)
+    return {r[0] for r in conn.execute(query)}
 
 
 # --- erasures: the durable record of each erasure -----------------------------------

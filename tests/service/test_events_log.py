@@ -280,18 +280,22 @@ def test_erasure_and_visit_helpers(engine: Engine) -> None:
 
 
 def test_events_arriving_after_their_users_erasure_are_recorded_redacted(engine: Engine) -> None:
-    """A visit event still in an inbox when its user is erased enters the log redacted."""
+    """A visit event still in an inbox when its user is erased enters the log redacted; one
+    whose user has withdrawn consent meanwhile does not enter it."""
     from service.users import repository as users_repo
 
     with engine.begin() as conn:
         users_repo.record_erasure(conn, "u-1", [], T0 + timedelta(minutes=1), T0)
+        users_repo.merge_attributes(conn, "u-7", {"location_consent": False})
+        users_repo.merge_attributes(conn, "u-9", {"location_consent": True})
     late_ping = visit_event(
         "enter", device_id="dev-1", user_id="u-1", store_id="s-1", ping_key="p-later",
         occurred_at=T0 + timedelta(minutes=2),
     )  # fmt: skip
     before, other = visit(), visit(device="dev-9", user="u-9", ping="p-9")
+    denied = visit(device="dev-7", user="u-7", ping="p-7")
     with engine.begin() as conn:
-        event_log.record_arrived(conn, [before, late_ping, other])
+        assert event_log.record_arrived(conn, [before, late_ping, other, denied]) == 1
     rows = {r.id: r for r in stored(engine)}
     assert set(rows) == {before.id, late_ping.id, other.id}
     gone = rows[before.id]
