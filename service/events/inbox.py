@@ -94,7 +94,9 @@ class LocalInbox:
                 self._wake.set()
                 continue
             if self._closing:
-                return
+                if not self._queue:
+                    return
+                self._wake.set()  # queued during the last write: write them too
 
 
 def _record(engine: Engine, events: Sequence[Event]) -> None:

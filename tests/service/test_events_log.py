@@ -4,6 +4,7 @@ and an async psycopg batch), redaction on erasure, retention."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -338,3 +339,28 @@ def test_the_local_inbox_keeps_what_it_could_not_write_and_writes_it_later(
     rows = stored(engine)
     assert [r.data["ping_id"] for r in rows] == ["p-0", "p-1", "p-2", "p-3", "p-4"]
     engine.dispose()
+
+
+def test_the_local_inbox_at_stop_writes_what_was_queued_during_its_last_write(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.events import inbox as inbox_mod
+
+    real = inbox_mod._record
+
+    def slow(engine: Engine, events: list) -> None:
+        time.sleep(0.2)
+        real(engine, events)
+
+    monkeypatch.setattr(inbox_mod, "_record", slow)
+
+    async def scenario() -> None:
+        inbox = inbox_mod.LocalInbox(sqlite_engine)
+        inbox.start()
+        inbox.add([visit(ping="p-a")])
+        await asyncio.sleep(0.05)  # its write is under way
+        inbox.add([visit(ping="p-b")])
+        await inbox.stop()
+
+    asyncio.run(scenario())
+    assert [r.data["ping_id"] for r in stored(sqlite_engine)] == ["p-a", "p-b"]
