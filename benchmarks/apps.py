@@ -89,7 +89,7 @@ async def redis_floor_app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         from service.events.streams import StreamLayout
         from service.settings import Settings
-        from service.state.redis_store import _CAS, _CAS_SHA, device_keys
+        from service.state.redis_store import _CAS, _CAS_SHA, device_prefix
         from service.state.resp import LeanRedis
 
         while True:
@@ -102,7 +102,7 @@ async def redis_floor_app(scope: Scope, receive: Receive, send: Send) -> None:
                         Settings.model_fields["stream_partitions"].default,
                     ),
                     sha=_CAS_SHA,
-                    device_keys=device_keys,
+                    device_prefix=device_prefix,
                     script=_CAS.encode(),
                 )
                 await send({"type": "lifespan.startup.complete"})
@@ -127,7 +127,7 @@ async def redis_floor_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 async def _floor_script(doc: dict[str, Any]) -> None:
     layout = _FLOOR["layout"]
-    tag = _FLOOR["device_keys"](layout, doc["device_id"])
+    tag = _FLOOR["device_prefix"](layout, doc["device_id"])
     inbox = layout.inbox_key(layout.partition(doc["device_id"]))
     keys = [f"{tag}:state", f"{tag}:ping:{doc['ping_id']}", f"{tag}:no_consent", inbox]
     # Expected state '' and new state '' (keep), compared exactly, no event: the script's

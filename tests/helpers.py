@@ -31,9 +31,9 @@ def ago(seconds: float) -> datetime:
 def device_key(settings: Any, device_id: str) -> str:
     """The common start of a device's Redis keys (``<prefix>:{ev:<n>}:d:<device>``)."""
     from service.events.streams import StreamLayout
-    from service.state.redis_store import device_keys
+    from service.state.redis_store import device_prefix
 
-    return device_keys(StreamLayout(settings.redis_prefix, settings.stream_partitions), device_id)
+    return device_prefix(StreamLayout(settings.redis_prefix, settings.stream_partitions), device_id)
 
 
 def partition(settings: Any, device_id: str) -> int:

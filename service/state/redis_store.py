@@ -120,11 +120,11 @@ class _Copies:
         self.old.pop(device_id, None)
 
 
-def device_keys(layout: StreamLayout, device_id: str) -> str:
+def device_prefix(layout: StreamLayout, device_id: str) -> str:
     """The common start of a device's keys, ``<prefix>:{ev:<n>}:d:<device_id>``: its event
     partition's hash tag (shared with that partition's inbox stream), then the id.
 
-    >>> device_keys(StreamLayout("geo", 64), "phone-1")
+    >>> device_prefix(StreamLayout("geo", 64), "phone-1")
     'geo:{ev:16}:d:phone-1'
     """
     return f"{layout.prefix}:{layout.tag(layout.partition(device_id))}:d:{device_id}"
@@ -189,7 +189,7 @@ class RedisStateStore:
                 await self._r.initialize()
 
     def _device(self, device_id: str) -> str:
-        return device_keys(self._layout, device_id)
+        return device_prefix(self._layout, device_id)
 
     def _inbox(self, device_id: str) -> str:
         return self._layout.inbox_key(self._layout.partition(device_id))

@@ -18,7 +18,7 @@ from service.auth import Role, create_key
 from service.events.streams import StreamLayout, entry_event
 from service.events.types import Event, EventType
 from service.settings import Settings
-from service.state.redis_store import device_keys
+from service.state.redis_store import device_prefix
 from tests.helpers import ago, iso
 from tests.service.conftest import _reset_postgis
 
@@ -126,7 +126,7 @@ def test_caps_budgets_and_state_on_a_redis_cluster(cluster_url: str, migrated_po
         for key, _, e in entered:
             n = layout.partition(e.data["device_id"])
             assert key == layout.events_key(n)
-            state = f"{device_keys(layout, e.data['device_id'])}:state"
+            state = f"{device_prefix(layout, e.data['device_id'])}:state"
             assert key_slot(state.encode()) == key_slot(layout.inbox_key(n).encode())
         assert len({node for _, node, _ in entered}) == 3, "spread over the cluster"
 
