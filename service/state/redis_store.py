@@ -338,11 +338,17 @@ class RedisStateStore:
             raise StateUnavailable(str(exc)) from exc
 
     async def load_denied(self, user_keys: list[str]) -> None:
-        """Refill consent flags from the database (the truth): at start-up, and whenever
-        Redis has lost them (the marker key is gone with them)."""
-        for user_key in user_keys:
-            await self.deny(user_key)
+        """Refill consent flags from the database (the truth): at start-up, whenever Redis
+        has lost them (the marker key is gone with them), and once after the device key
+        layout changed (the marker was renamed). Flags only: no device state of these users
+        is held — their states were dropped when they were denied, or lost with the flags, or
+        are under the old layout — so there is nothing to forget, and no keyspace scan per
+        device (which :meth:`deny` does) against a full Redis at start-up."""
         try:
+            for user_key in user_keys:
+                await self._r.set(self._user_key(user_key, "no_consent"), b"1")
+                for device_id in await self._linked(user_key):
+                    await self._r.set(self._device_denied(device_id), b"1")
             await self._r.set(self._denials_marker, b"1")
         except RedisError as exc:
             raise StateUnavailable(str(exc)) from exc
