@@ -87,7 +87,9 @@ async def redis_floor_app(scope: Scope, receive: Receive, send: Send) -> None:
     """The echo, plus ``orjson.loads`` of the body and one ``EVALSHA`` of the service's
     compare-and-set script (``BENCH_FLOOR_REDIS_URL``, keys under ``BENCH_FLOOR_PREFIX``)."""
     if scope["type"] == "lifespan":
-        from service.state.redis_store import _CAS, _CAS_SHA
+        from service.events.streams import StreamLayout
+        from service.settings import Settings
+        from service.state.redis_store import _CAS, _CAS_SHA, device_prefix
         from service.state.resp import LeanRedis
 
         while True:
@@ -95,8 +97,12 @@ async def redis_floor_app(scope: Scope, receive: Receive, send: Send) -> None:
             if message["type"] == "lifespan.startup":
                 _FLOOR.update(
                     client=LeanRedis(os.environ["BENCH_FLOOR_REDIS_URL"]),
-                    prefix=os.environ.get("BENCH_FLOOR_PREFIX", "floor"),
+                    layout=StreamLayout(
+                        os.environ.get("BENCH_FLOOR_PREFIX", "floor"),
+                        Settings.model_fields["stream_partitions"].default,
+                    ),
                     sha=_CAS_SHA,
+                    device_prefix=device_prefix,
                     script=_CAS.encode(),
                 )
                 await send({"type": "lifespan.startup.complete"})
@@ -120,12 +126,14 @@ async def redis_floor_app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _floor_script(doc: dict[str, Any]) -> None:
-    tag = f"{_FLOOR['prefix']}:{{d:{doc['device_id']}}}"
-    keys = [f"{tag}:state", f"{tag}:ping:{doc['ping_id']}", f"{tag}:no_consent"]
-    # Expected state '' and new state '' (keep), compared exactly: the script's shortest
-    # path, one answer key written with the service's default TTL.
+    layout = _FLOOR["layout"]
+    tag = _FLOOR["device_prefix"](layout, doc["device_id"])
+    inbox = layout.inbox_key(layout.partition(doc["device_id"]))
+    keys = [f"{tag}:state", f"{tag}:ping:{doc['ping_id']}", f"{tag}:no_consent", inbox]
+    # Expected state '' and new state '' (keep), compared exactly, no event: the script's
+    # shortest path, one answer key written with the service's default TTL.
     await _FLOOR["client"].evalsha(
-        _FLOOR["sha"], _FLOOR["script"], keys, [b"", b"", 3_600_000, _ECHO_BODY, 3600, b""]
+        _FLOOR["sha"], _FLOOR["script"], keys, [b"", b"", 3_600_000, _ECHO_BODY, 3600, b"", b"0"]
     )
 
 

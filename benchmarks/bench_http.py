@@ -1261,6 +1261,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
     db = BenchDatabase(args.pg_url)
     stack.callback(db.drop)
     env = service_env(db.url, redis_url, prefix)
+    env.update(args.service_settings)
     geo_offers("migrate", env=env)
     fences = make_fences(args.fences, rng)
     db.load_fences(fences)
@@ -1276,6 +1277,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
         near_db = BenchDatabase(args.pg_url)
         stack.callback(near_db.drop)
         near_env = service_env(near_db.url, redis_url, f"{prefix}n")
+        near_env.update(args.service_settings)
         geo_offers("migrate", env=near_env)
         near_fences = make_fences(args.new_fences, rng)
         near_db.load_fences(near_fences)
@@ -1515,6 +1517,13 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
+    return f"GEO_OFFERS_{name.strip().upper()}", value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--fences", type=int, default=100_000)
@@ -1522,6 +1531,15 @@ def main(argv: list[str] | None = None) -> int:
         "--new-fences", type=int, default=NEW_FENCES, help="stores of the new-device mix"
     )
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts, e.g. 1,2")
+    p.add_argument(
+        "--set",
+        dest="service_settings",
+        action="append",
+        default=[],
+        type=_setting,
+        metavar="NAME=VALUE",
+        help="a setting of the service under test, e.g. event_relay=false (repeatable)",
+    )
     p.add_argument("--duration", type=float, default=15.0, help="seconds per timed run")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per target")
     p.add_argument("--threads", type=int, default=2, help="wrk threads")

@@ -44,14 +44,21 @@ Scope = dict[str, Any]
 _ROUND = iter(range(1_000_000))
 
 
-def bodies(points: list[tuple[str, str, int]], n: int, devices: int) -> list[bytes]:
-    """``n`` pings of ``devices`` devices; ``devices=0``: a new device on every ping."""
+def bodies(
+    points: list[tuple[str, str, int]], n: int, devices: int, fixed: bool = False
+) -> list[bytes]:
+    """``n`` pings of ``devices`` devices; ``devices=0``: a new device on every ping;
+    ``fixed``: the devices in turn, each always at its own point."""
     ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     run = next(_ROUND)
     out = []
     for i in range(n):
-        lat, lng, acc = points[random.randrange(len(points))]
-        dev = f"ip-{random.randrange(devices)}" if devices else f"new-{run}-{i}"
+        if fixed:
+            lat, lng, acc = points[i % devices]
+            dev = f"ip-{i % devices}"
+        else:
+            lat, lng, acc = points[random.randrange(len(points))]
+            dev = f"ip-{random.randrange(devices)}" if devices else f"new-{run}-{i}"
         out.append(
             (
                 f'{{"device_id":"{dev}","lat":{lat},"lng":{lng},'
@@ -141,10 +148,11 @@ async def run(args: argparse.Namespace, db_url: str, redis_url: str, key: str, p
 
     try:
         # Warm-up: every device's state cached, the script loaded.
-        warm = bodies(points, max(args.devices * 3, 2000), args.devices)
+        fixed = args.mix == "inside"
+        warm = bodies(points, max(args.devices * 3, 2000), args.devices, fixed)
         await measure(app, app, key.encode(), warm, args.concurrency)
         rows = [("app", app, None), ("answer_ping", direct, None)]
-        if args.mix == "ping":
+        if args.mix != "offer":
             rows.append(("answer_ping, script answered in-process", direct, in_process_reply))
         if args.profile:
             import cProfile
@@ -165,7 +173,7 @@ async def run(args: argparse.Namespace, db_url: str, redis_url: str, key: str, p
                 store._script = reply
             per = []
             for _ in range(args.repeat):
-                batch = bodies(points, args.pings, args.devices)
+                batch = bodies(points, args.pings, args.devices, fixed)
                 us, statuses = await measure(target, app, key.encode(), batch, args.concurrency)
                 if set(statuses) != {200}:
                     raise RuntimeError(f"{label}: statuses {statuses}")
@@ -191,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=5)
     p.add_argument(
         "--mix",
-        choices=("ping", "offer"),
+        choices=("ping", "offer", "outside", "inside"),
         default="ping",
-        help="ping: known devices, half inside a fence; offer: every ping a coupon",
+        help="ping: known devices, each ping at a random point, half inside a fence; offer: "
+        "every ping a coupon; the steady pings: outside (in no fence) and inside (each device "
+        "stays at its own point inside a fence: no event after its enter)",
     )
     p.add_argument("--caps", action="store_true", help="offer mix: loose caps and a budget")
     p.add_argument("--profile", default=None, help="write a cProfile of one more round here")
@@ -214,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         fences = bh.make_fences(args.fences, rng)
         db.load_fences(fences)
         key = bh.geo_offers("keys", "create", "--role", "sdk", "--label", "inprocess", env=env)
-        share = 1.0 if args.mix == "offer" else 0.5
+        share = {"offer": 1.0, "inside": 1.0, "outside": 0.0}.get(args.mix, 0.5)
         points = bh.make_points(fences, bh.N_POINTS, rng, inside_share=share)
         uvloop.run(run(args, db.url, redis_server.url, key, points))
     return 0

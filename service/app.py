@@ -25,6 +25,7 @@ from service.caps.redis_caps import RedisCapStore
 from service.console.router import mount as mount_console
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
+from service.events.inbox import LocalInbox
 from service.events.relay import EventRelay, consumer_name
 from service.events.streams import EventStreams, StreamLayout, client_from_url
 from service.fences.live import IndexHolder
@@ -164,18 +165,25 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         await campaign_holder.refresh(force=True)
         store: Any
         caps: Any
+        # Visit events: XADDed to the partition's inbox by the Redis state script, or queued
+        # by the in-process step to the local inbox (written to the log by its own task).
+        inbox: LocalInbox | None = None
         if settings.redis_url:
             store = RedisStateStore.from_url(
                 settings.redis_url, settings.redis_prefix, settings.state_ttl_s,
                 settings.ping_answer_ttl_s, cluster=settings.redis_cluster,
+                partitions=settings.stream_partitions,
             )  # fmt: skip
             await store.start()
             caps = RedisCapStore.from_url(
                 settings.redis_url, settings.redis_prefix, cluster=settings.redis_cluster
             )
         else:
-            store = MemoryStateStore(settings.state_ttl_s, settings.ping_answer_ttl_s)
+            inbox = LocalInbox(engine)
+            inbox.start()
+            store = MemoryStateStore(settings.state_ttl_s, settings.ping_answer_ttl_s, inbox=inbox)
             caps = MemoryCapStore()
+        app.state.event_inbox = inbox
 
         async def keep_denials() -> bool:
             """The consent denials in Redis, refilled from the database whenever Redis has
@@ -218,6 +226,8 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         try:
             yield
         finally:
+            if inbox is not None:
+                await inbox.stop()
             if relay is not None:
                 await relay.stop()
             for task in pollers:

@@ -199,11 +199,12 @@ class Settings(BaseSettings):
         description="After a secret rotation, the old secret also signs for this long.",
     )
     stream_partitions: int = Field(
-        default=16,
+        default=64,
         ge=1,
         le=1024,
-        description="Redis Streams the events are spread over (by device, else user); "
-        "fixed for the life of a deployment.",
+        description="Redis Streams the events are spread over (by device, else user); a "
+        "device's state keys carry its partition's hash tag, so this also spreads devices "
+        "over a Redis Cluster's slots. Fixed for the life of a deployment.",
     )
     stream_maxlen: int = Field(
         default=100_000,

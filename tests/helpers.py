@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from geofences import EARTH_RADIUS_M
 
@@ -25,3 +26,18 @@ def iso(ts: datetime) -> str:
 
 def ago(seconds: float) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+def device_key(settings: Any, device_id: str) -> str:
+    """The common start of a device's Redis keys (``<prefix>:{ev:<n>}:d:<device>``)."""
+    from service.events.streams import StreamLayout
+    from service.state.redis_store import device_prefix
+
+    return device_prefix(StreamLayout(settings.redis_prefix, settings.stream_partitions), device_id)
+
+
+def partition(settings: Any, device_id: str) -> int:
+    """The event partition of a device (its keys carry the partition's hash tag)."""
+    from service.events.streams import StreamLayout
+
+    return StreamLayout(settings.redis_prefix, settings.stream_partitions).partition(device_id)

@@ -3,6 +3,7 @@
 from service.events.log import (
     insert_sql,
     record,
+    record_arrived,
     record_user_erased,
     redact_user,
     store_tags,
@@ -28,6 +29,7 @@ __all__ = [
     "offer_issued",
     "offer_redeemed",
     "record",
+    "record_arrived",
     "record_user_erased",
     "redact_user",
     "store_tags",

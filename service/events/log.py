@@ -25,13 +25,15 @@ import orjson
 from sqlalchemy import Connection, Table, delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from service.db.models import EventRow, Geofence, WebhookDeliveryRow
+from service.db.models import ErasureRow, EventRow, Geofence, WebhookDeliveryRow
 from service.events.types import Event, EventType, user_erased
 from service.timeutil import aware
+from service.users.repository import user_hash, without_consent
 
 EVENTS: Table = EventRow.__table__  # type: ignore[assignment]
 DELIVERIES: Table = WebhookDeliveryRow.__table__  # type: ignore[assignment]
 GEOFENCES: Table = Geofence.__table__  # type: ignore[assignment]
+ERASURES: Table = ErasureRow.__table__  # type: ignore[assignment]
 
 #: Columns an insert writes, in the order of :func:`insert_sql`'s placeholders.
 COLUMNS = (
@@ -130,6 +132,42 @@ def redact_user(conn: Connection, user_id: str, device_ids: Iterable[str] = ()) 
             .values(data=clean, user_id=None, partition_key="")
         )
     return len(rows)
+
+
+def record_arrived(conn: Connection, events: Sequence[Event]) -> int:
+    """Record events that waited outside the database (the visit events of an inbox),
+    checked against what happened to their users meanwhile, as if they had been in the log
+    already: one whose user has been erased since is recorded redacted (as
+    :func:`redact_user` leaves the others); one whose user has withdrawn location consent is
+    not recorded (nor exported) at all. Returns the number of events left out."""
+    users = {str(e.data["user_id"]) for e in events if e.data.get("user_id") is not None}
+    left_out = 0
+    if users:
+        denied = without_consent(conn, users)
+        if denied:
+            kept = [e for e in events if e.data.get("user_id") not in denied]
+            left_out, events = len(events) - len(kept), kept
+        hashes = {user_hash(u): u for u in users}
+        found = conn.execute(
+            select(ERASURES.c.user_hash, ERASURES.c.requested_at).where(
+                ERASURES.c.user_hash.in_(list(hashes))
+            )
+        ).all()
+        erased = {hashes[h]: aware(at) for h, at in found}
+        if erased:
+            events = [_redacted(e) if _erased_after(e, erased) else e for e in events]
+    record(conn, events)
+    return left_out
+
+
+def _erased_after(event: Event, erased: dict[str, datetime]) -> bool:
+    at = erased.get(str(event.data.get("user_id")))
+    return at is not None and event.occurred_at <= at
+
+
+def _redacted(event: Event) -> Event:
+    data = {k: (None if k in PERSONAL_FIELDS else v) for k, v in event.data.items()}
+    return Event(event.id, event.type, event.occurred_at, data, event.store_tags)
 
 
 def record_user_erased(

@@ -41,7 +41,8 @@ EVENTS_STREAMED = Counter(
 )
 EVENTS_IMPORTED = Counter(
     "geo_offers_events_imported_total",
-    "Events moved from the Redis inbox streams (visit events) into the event log.",
+    "Visit events moved from their inbox (the Redis inbox streams, or the embedded "
+    "default's in-process one) into the event log.",
 )
 OLDEST_UNDELIVERED = Gauge(
     "geo_offers_webhook_oldest_undelivered_seconds",

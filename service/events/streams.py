@@ -116,14 +116,16 @@ def entry_event(fields: Mapping[Any, Any]) -> Event:
 
 #: For the device-state script: XADD the events packed by :func:`inbox_args` into the inbox
 #: stream ``key``, reading ARGV from position ``first``; returns the position after them.
-#: Paste it into a script and call ``add_events(KEYS[i], first)`` once its step is stored.
+#: Paste it into a script and call ``add_events(KEYS[i], first)`` once its step is stored;
+#: ``add_events(key, first, t)`` also appends the new entries' ids to the table ``t``.
 INBOX_XADD_LUA = """
-local function add_events(key, first)
+local function add_events(key, first, ids)
   local n = tonumber(ARGV[first])
   for i = 0, n - 1 do
     local a = first + 1 + i * 4
-    redis.call('XADD', key, '*', 'id', ARGV[a], 'type', ARGV[a + 1],
+    local id = redis.call('XADD', key, '*', 'id', ARGV[a], 'type', ARGV[a + 1],
       'envelope', ARGV[a + 2], 'tags', ARGV[a + 3])
+    if ids then ids[#ids + 1] = id end
   end
   return first + 1 + n * 4
 end
@@ -323,7 +325,7 @@ def _mark_streamed(conn: Connection, seqs: Iterable[int]) -> None:
 
 def _record(engine: Engine, events: Sequence[Event]) -> None:
     with engine.begin() as conn:
-        event_log.record(conn, events)
+        event_log.record_arrived(conn, events)
 
 
 def client_from_url(url: str, cluster: bool) -> Client:

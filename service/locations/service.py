@@ -42,6 +42,7 @@ from geofences.visits import DeviceState, VisitEvent, step
 from service.campaigns.live import CampaignSet, Screen, VisitTrigger
 from service.campaigns.service import CampaignHolder
 from service.errors import FuturePing
+from service.events.types import Event, visit_event
 from service.fences.live import IndexHolder
 from service.locations.schemas import PingIn
 from service.metrics import observe_ping
@@ -114,6 +115,8 @@ class Visit:
     answer: bytes  # remembered for retries
     events: list[dict[str, Any]]
     screen: Screen | None = None  # step 4's verdict, when some campaign's trigger fired
+    #: The visit events to record with the step, in the state store's same atomic write.
+    records: tuple[Event, ...] = ()
 
     @property
     def pending(self) -> bool:
@@ -183,7 +186,26 @@ class Stepper:
         doc = state.to_doc() if state is not None else None
         if screen is not None and screen.candidates:
             reason = Reason.IN_PROGRESS
-        return Visit(doc, reason, answer_bytes(self.pid, events, reason), events, screen)
+        answer = answer_bytes(self.pid, events, reason)
+        if not events:  # the steady ping: nothing to record
+            return Visit(doc, reason, answer, events, screen)
+        return Visit(doc, reason, answer, events, screen, self._records(events))
+
+    def _records(self, events: list[dict[str, Any]]) -> tuple[Event, ...]:
+        """The step's visit events for the log: ids stable per device, ping and store (a
+        retried ping makes the same ones); the store's tags from the fence index."""
+        ping = self.ping
+        out = []
+        for e in events:
+            fence = self.index.get(e["store_id"])
+            out.append(
+                visit_event(
+                    e["type"], device_id=ping.device_id, user_id=ping.user_id,
+                    store_id=e["store_id"], ping_key=self.pid, occurred_at=ping.timestamp,
+                    store_tags=fence.tags if fence is not None else (), dwell_s=e.get("dwell_s"),
+                )
+            )  # fmt: skip
+        return tuple(out)
 
     def __call__(self, doc: dict[str, Any] | None) -> Visit:
         ping, settings = self.ping, self.settings

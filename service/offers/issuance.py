@@ -1,9 +1,9 @@
 """Issuance rows written in group commits: concurrent issuances share one transaction, and
 each caller is released only once its own rows are committed (or known not to be).
 
-A batch holds the rows of many pings (an offer and its exposure, or a holdout's exposure;
-:class:`Issuance` is where further rows of the same change, such as an event outbox row,
-join). Batches form while the one ahead commits: at low load a batch is one issuance and
+A batch holds the rows of many pings (an offer and its exposure, or a holdout's exposure,
+and the event each records: ``offer.issued`` or ``offer.held_out``, in the same
+transaction). Batches form while the one ahead commits: at low load a batch is one issuance and
 waits for nothing; under load each commit carries everything that arrived during the last
 one, up to ``max_batch``. A failed batch fails every issuance in it; the caller gives its
 caps back when the rows are known not to be committed (:class:`IssuanceFailed`).
@@ -12,16 +12,19 @@ caps back when the rows are known not to be committed (:class:`IssuanceFailed`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 import anyio.to_thread
+import orjson
 import psycopg
 from sqlalchemy import Engine
 
 from service.batching import Batcher
+from service.events import log as event_log
+from service.events.types import Event
 from service.offers import repository as repo
 from service.offers.pool import OfferPool
 
@@ -40,10 +43,11 @@ class Exposure:
 @dataclass(frozen=True, slots=True)
 class Issuance:
     """The rows one ping's decision writes, all or none: an offer row (``None`` for a
-    holdout) and the user's first exposure to the campaign."""
+    holdout), the user's first exposure to the campaign, and the events describing them."""
 
     exposure: Exposure
     offer: dict[str, Any] | None = None
+    events: tuple[Event, ...] = ()
 
 
 class IssuanceFailed(Exception):
@@ -132,6 +136,14 @@ EXPOSURES = RowGroup(
      ("first_exposed_at", "timestamptz"), ("store_id", "text")),
     "campaign_id, user_key",
 )  # fmt: skip
+EVENTS = RowGroup(
+    "events",
+    (("id", "text"), ("type", "text"), ("occurred_at", "timestamptz"),
+     ("recorded_at", "timestamptz"), ("data", "jsonb"), ("store_id", "text"),
+     ("store_tags", "jsonb"), ("user_id", "text"), ("partition_key", "text")),
+    "id",
+)  # fmt: skip
+_JSON_COLUMNS = {name for name, kind in EVENTS.columns if kind == "jsonb"}
 _OFFERS_PRESENT = "SELECT offer_id FROM offers WHERE offer_id = ANY(%s)"
 
 
@@ -151,6 +163,18 @@ def batch_statement(groups: list[tuple[RowGroup, list[tuple[Any, ...]]]]) -> tup
     *first, last = parts
     ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
     return (f"WITH {ctes} {last}" if ctes else last), params
+
+
+def event_values(events: Iterable[Event]) -> list[tuple[Any, ...]]:
+    """The :data:`EVENTS` rows of ``events`` (one per id, sorted by id like every group)."""
+    rows = sorted(event_log.event_rows(events), key=lambda r: r["id"])
+    return [
+        tuple(
+            orjson.dumps(r[name]).decode() if name in _JSON_COLUMNS else r[name]
+            for name, _ in EVENTS.columns
+        )
+        for r in rows
+    ]
 
 
 class PostgresWriter:
@@ -173,6 +197,7 @@ class PostgresWriter:
                     EXPOSURES,
                     [(e.campaign_id, e.user_key, e.arm, e.at, e.store_id) for e in exposures],
                 ),
+                (EVENTS, event_values(e for i in batch for e in i.events)),
             ]
         )
         try:
@@ -221,6 +246,7 @@ class ThreadWriter:
                     repo.insert_offer(conn, item.offer)
                 e = item.exposure
                 repo.record_exposure(conn, e.campaign_id, e.user_key, e.arm, e.at, e.store_id)
+            event_log.record(conn, [e for item in batch for e in item.events])
 
     async def write(self, batch: Sequence[Issuance]) -> None:
         try:

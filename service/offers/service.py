@@ -38,6 +38,7 @@ from service.batching import Batcher
 from service.campaigns import rules
 from service.campaigns.live import CampaignSet, LiveCampaign, Screen, VisitTrigger
 from service.caps.base import CapRequest, CapStore, CapUnavailable
+from service.events.types import offer_held_out, offer_issued
 from service.metrics import observe_cap_rejection, observe_offer
 from service.offers.issuance import Exposure, GroupCommitter, Issuance, IssuanceFailed
 from service.offers.pool import OfferPool
@@ -284,11 +285,17 @@ async def issue(
     c = lc.campaign
     exposure = Exposure(c.id, ping.user_key, "treatment" if pick.treatment else "control", now,
                         t.store_id)  # fmt: skip
+    fence = index.get(t.store_id)
+    tags = fence.tags if fence is not None else ()
+    user_id = ping.user_key if ping.user_key != ping.device_id else None
     if not pick.treatment:
-        ok = await _write(ctx, pick.counted, Issuance(exposure))
+        held_out = offer_held_out(
+            campaign_id=c.id, store_id=t.store_id, device_id=ping.device_id, user_id=user_id,
+            ping_key=ping.ping_key, occurred_at=now, store_tags=tags,
+        )  # fmt: skip
+        ok = await _write(ctx, pick.counted, Issuance(exposure, events=(held_out,)))
         reasons[lc.id] = Reason.HOLDOUT if ok else Reason.UNAVAILABLE
         return _no_offer(reasons, verdict.extra)
-    fence = index.get(t.store_id)
     store_name = fence.name if fence is not None else t.store_id
     code, fixed = _coupon_code(lc)
     store = {"store_id": t.store_id, "name": store_name}
@@ -312,8 +319,14 @@ async def issue(
         "message": offer.message, "value": offer.value, "distance_m": t.distance_m,
         "ping_id": ping.ping_key, "issued_at": now, "expires_at": offer.expires_at,
     }  # fmt: skip
+    issued = offer_issued(
+        offer_id=offer.offer_id, campaign_id=c.id, store_id=t.store_id,
+        device_id=ping.device_id, user_id=user_id, ping_key=ping.ping_key, channel=c.channel,
+        coupon_code=code, title=offer.title, message=offer.message, value=offer.value,
+        issued_at=now, expires_at=offer.expires_at, store_tags=tags,
+    )  # fmt: skip
     # Never an unrecorded coupon: without the committed row there is no offer.
-    if not await _write(ctx, pick.counted, Issuance(exposure, row)):
+    if not await _write(ctx, pick.counted, Issuance(exposure, row, (issued,))):
         reasons[lc.id] = Reason.UNAVAILABLE
         return _no_offer(reasons, verdict.extra)
     reasons[lc.id] = Reason.OFFER_ISSUED

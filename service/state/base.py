@@ -9,9 +9,11 @@ between, ``step`` runs again on the fresh state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
+
+from service.events.types import Event
 
 
 class StepResult(Protocol):
@@ -31,6 +33,12 @@ class StepResult(Protocol):
     @property
     def pending(self) -> bool:
         """The answer is provisional: an offer decision follows (:meth:`StateStore.finish`)."""
+        ...
+
+    @property
+    def records(self) -> Sequence[Event]:
+        """Events the step describes (visits): stored with the new state, atomically — in
+        the same Redis script, or the same in-process step — or not at all."""
         ...
 
 

@@ -1,4 +1,8 @@
-"""In-process device state for the embedded default (one worker process only)."""
+"""In-process device state for the embedded default (one worker process only).
+
+A step's visit events go to the :class:`~service.events.inbox.LocalInbox` in the step
+itself, so a stored step has its events queued for the log and a step not stored has none.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from service.events.inbox import LocalInbox
 from service.state.base import ConsentDenied, R, Replayed, Stored, compact
 
 
@@ -16,7 +21,14 @@ class MemoryStateStore:
     entries are swept every ``sweep_every`` calls to keep memory bounded.
     """
 
-    def __init__(self, state_ttl_s: float, answer_ttl_s: float, sweep_every: int = 10_000) -> None:
+    def __init__(
+        self,
+        state_ttl_s: float,
+        answer_ttl_s: float,
+        sweep_every: int = 10_000,
+        inbox: LocalInbox | None = None,
+    ) -> None:
+        self._inbox = inbox
         self._state: dict[str, tuple[dict[str, Any], float]] = {}
         self._answers: dict[tuple[str, str], tuple[Replayed, float]] = {}
         self._state_ttl = state_ttl_s
@@ -58,6 +70,8 @@ class MemoryStateStore:
         result = step(current)
         if result.state is not None:
             self._state[device_id] = (result.state, now + self._state_ttl)
+        if result.records and self._inbox is not None:
+            self._inbox.add(result.records)
         self._remember(device_id, ping_key, result.reason, result.answer, result.pending)
         return Stored(result)
 

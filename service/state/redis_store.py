@@ -1,7 +1,9 @@
 """Device state in Redis: one compare-and-set Lua script per ping, Cluster-safe keys.
 
-Every key of a device (state, remembered answers, consent flag) shares the hash tag
-``{d:<device_id>}``, so one script may touch them all on Redis Cluster.
+Every key of a device (state, remembered answers, consent flag) carries the hash tag of the
+device's event partition, ``<prefix>:{ev:<n>}:d:<device_id>:…`` (``n`` from
+:class:`service.events.streams.StreamLayout`), the tag of that partition's inbox stream too:
+one script stores the step and XADDs its visit events to the inbox, on Redis Cluster as well.
 
 The ping path costs one round trip in the steady state. A ping that matches no fence (most
 pings: phones are rarely in a store) has the same outcome for every *idle* state (no visit,
@@ -28,6 +30,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
+from service.events.streams import INBOX_XADD_LUA, StreamLayout, inbox_args
+from service.settings import Settings
 from service.state.base import (
     ConsentDenied,
     R,
@@ -40,13 +44,16 @@ from service.state.base import (
 )
 from service.state.resp import LeanRedis, lean_client_supported
 
-# KEYS: state, answer, consent flag. ARGV: expected state ('' = none), new state ('' =
-# keep), state ttl ms, answer (service.state.base.encode_answer), answer ttl s, idle ts
-# ('' = compare with the expected state; else any idle state (StateStore.process, idle_at)
-# at or before that ts will do).
+# KEYS: state, answer, consent flag, the partition's inbox stream. ARGV: expected state
+# ('' = none), new state ('' = keep), state ttl ms, answer
+# (service.state.base.encode_answer), answer ttl s, idle ts ('' = compare with the expected
+# state; else any idle state (StateStore.process, idle_at) at or before that ts will do),
+# then the step's events (service.events.streams.inbox_args; '0' when none).
 # Returns {3} consent withdrawn | {0, first answer} | {1, current state or ''} |
-# {2, 1 if the device had no state else 0} stored.
-_CAS = """
+# {2, 1 if the device had no state else 0, inbox entry id…} stored.
+_CAS = (
+    INBOX_XADD_LUA
+    + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return {3} end
 local first = redis.call('GET', KEYS[2])
 if first then return {0, first} end
@@ -60,13 +67,18 @@ if ARGV[6] ~= '' then
 elseif (cur or '') ~= ARGV[1] then return {1, cur or ''} end
 if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
-if cur then return {2, 0} end
-return {2, 1}
+local stored = {2, 1}
+if cur then stored[2] = 0 end
+if ARGV[7] ~= '0' then add_events(KEYS[4], 7, stored) end
+return stored
 """
+)
 _CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()
 
 #: How a state with no visit ends, as the service writes it (the script checks the same).
 _NO_VISIT = b',"in":{}}'
+#: The script's events argument of a step with no event.
+_NO_EVENTS = [b"0"]
 MAX_ATTEMPTS = 50
 #: Devices whose last state this replica remembers (bytes, for the compare-and-set).
 CACHE_MAX = 200_000
@@ -108,6 +120,16 @@ class _Copies:
         self.old.pop(device_id, None)
 
 
+def device_prefix(layout: StreamLayout, device_id: str) -> str:
+    """The common start of a device's keys, ``<prefix>:{ev:<n>}:d:<device_id>``: its event
+    partition's hash tag (shared with that partition's inbox stream), then the id.
+
+    >>> device_prefix(StreamLayout("geo", 64), "phone-1")
+    'geo:{ev:16}:d:phone-1'
+    """
+    return f"{layout.prefix}:{layout.tag(layout.partition(device_id))}:d:{device_id}"
+
+
 class RedisStateStore:
     def __init__(
         self,
@@ -116,22 +138,34 @@ class RedisStateStore:
         state_ttl_s: float,
         answer_ttl_s: int,
         lean: LeanRedis | None = None,
+        partitions: int = Settings.model_fields["stream_partitions"].default,
     ) -> None:
         """``lean``, when given, carries the ping path's commands (the compare-and-set and
-        the first-ping consent check); ``client`` (redis-py) carries everything else."""
+        the first-ping consent check); ``client`` (redis-py) carries everything else.
+        ``partitions``: the event streams' (``stream_partitions``), whose tags the device
+        keys carry."""
         self._r = client
         self._lean = lean
         self._prefix = prefix
+        self._layout = StreamLayout(prefix, partitions)
         self._state_ttl_ms = int(state_ttl_s * 1000)
         self._answer_ttl_s = answer_ttl_s
         self._cas_script = _CAS.encode()
         self._cas = client.register_script(_CAS)  # redis-py's EVALSHA with a NOSCRIPT retry
         self._known = _Copies(CACHE_MAX)
-        self._denials_marker = f"{prefix}:{{denials}}:loaded"  # one key, its own slot
+        # One key, its own slot. Named anew with the device key layout of the visit events
+        # (issue 14), so that the first start after the upgrade refills the consent flags.
+        self._denials_marker = f"{prefix}:{{denials}}:loaded:ev"
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str, state_ttl_s: float, answer_ttl_s: int, cluster: bool = False
+        cls,
+        url: str,
+        prefix: str,
+        state_ttl_s: float,
+        answer_ttl_s: int,
+        cluster: bool = False,
+        partitions: int = Settings.model_fields["stream_partitions"].default,
     ) -> RedisStateStore:
         client: Any
         if cluster:
@@ -141,7 +175,7 @@ class RedisStateStore:
                 url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
             )
         lean = LeanRedis(url) if lean_client_supported(url, cluster) else None
-        return cls(client, prefix, state_ttl_s, answer_ttl_s, lean)
+        return cls(client, prefix, state_ttl_s, answer_ttl_s, lean, partitions)
 
     async def _script(self, keys: list[Any], args: list[Any]) -> Any:
         if self._lean is not None:
@@ -154,12 +188,18 @@ class RedisStateStore:
             with contextlib.suppress(RedisError):
                 await self._r.initialize()
 
+    def _device(self, device_id: str) -> str:
+        return device_prefix(self._layout, device_id)
+
+    def _inbox(self, device_id: str) -> str:
+        return self._layout.inbox_key(self._layout.partition(device_id))
+
     def _keys(self, device_id: str, ping_key: str) -> tuple[str, str]:
-        tag = f"{self._prefix}:{{d:{device_id}}}"
+        tag = self._device(device_id)
         return f"{tag}:state", f"{tag}:ping:{ping_key}"
 
     def _device_denied(self, device_id: str) -> str:
-        return f"{self._prefix}:{{d:{device_id}}}:no_consent"
+        return f"{self._device(device_id)}:no_consent"
 
     def _user_key(self, user_key: str, what: str) -> str:
         return f"{self._prefix}:{{u:{user_key}}}:{what}"
@@ -172,8 +212,9 @@ class RedisStateStore:
         user_key: str | None = None,
         idle_at: float | None = None,
     ) -> Stored[R] | Replayed | ConsentDenied:
-        state_key, answer_key = self._keys(device_id, ping_key)
-        keys = [state_key, answer_key, self._device_denied(device_id)]
+        tag = self._device(device_id)
+        state_key, answer_key = f"{tag}:state", f"{tag}:ping:{ping_key}"
+        keys = [state_key, answer_key, f"{tag}:no_consent", self._inbox(device_id)]
         known = self._known.get(device_id, b"")
         if idle_at is not None and known and not known.endswith(_NO_VISIT):
             idle_at = None  # this replica saw a visit last: the step on its copy is likelier right
@@ -193,6 +234,7 @@ class RedisStateStore:
                 new_raw = orjson.dumps(result.state) if result.state is not None else b""
                 answer = encode_answer(result.reason, result.answer, result.pending)
                 args = [known, new_raw, self._state_ttl_ms, answer, self._answer_ttl_s, idle_ts]
+                args += inbox_args(result.records) if result.records else _NO_EVENTS
                 res, admitted = await self._call(keys, args, admit, device_id)
                 if admitted is not None:
                     denied, admit = not admitted, None
@@ -211,7 +253,7 @@ class RedisStateStore:
                     if denied is None:
                         denied = not await self._admit(user_key, device_id)
                     if denied:
-                        await self._undo(device_id, state_key, answer_key)
+                        await self._undo(device_id, state_key, answer_key, res[2:])
                         return ConsentDenied()
                 return Stored(result)
         except RedisError as exc:
@@ -262,9 +304,14 @@ class RedisStateStore:
             await self._r.pexpire(devices, self._state_ttl_ms)
         return True
 
-    async def _undo(self, device_id: str, state_key: str, answer_key: str) -> None:
-        """Consent was withdrawn: undo what this ping stored, and flag the device."""
+    async def _undo(
+        self, device_id: str, state_key: str, answer_key: str, entries: list[Any]
+    ) -> None:
+        """Consent was withdrawn: undo what this ping stored (its visit events included),
+        and flag the device."""
         await self._r.delete(state_key, answer_key)
+        if entries:
+            await self._r.xdel(self._inbox(device_id), *entries)
         await self._r.set(self._device_denied(device_id), b"1")
         self._known.pop(device_id, None)
 
@@ -291,11 +338,17 @@ class RedisStateStore:
             raise StateUnavailable(str(exc)) from exc
 
     async def load_denied(self, user_keys: list[str]) -> None:
-        """Refill consent flags from the database (the truth): at start-up, and whenever
-        Redis has lost them (the marker key is gone with them)."""
-        for user_key in user_keys:
-            await self.deny(user_key)
+        """Refill consent flags from the database (the truth): at start-up, whenever Redis
+        has lost them (the marker key is gone with them), and once after the device key
+        layout changed (the marker was renamed). Flags only: no device state of these users
+        is held — their states were dropped when they were denied, or lost with the flags, or
+        are under the old layout — so there is nothing to forget, and no keyspace scan per
+        device (which :meth:`deny` does) against a full Redis at start-up."""
         try:
+            for user_key in user_keys:
+                await self._r.set(self._user_key(user_key, "no_consent"), b"1")
+                for device_id in await self._linked(user_key):
+                    await self._r.set(self._device_denied(device_id), b"1")
             await self._r.set(self._denials_marker, b"1")
         except RedisError as exc:
             raise StateUnavailable(str(exc)) from exc
@@ -345,7 +398,7 @@ class RedisStateStore:
         """Drop a device's state and remembered answers (consent withdrawn, erasure); the
         consent flag stays. Scans for the answers: meant for rare calls, not the ping path."""
         self._known.pop(device_id, None)
-        tag = f"{self._prefix}:{{d:{device_id}}}"
+        tag = self._device(device_id)
         pattern = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in tag)
         try:
             keys = [k async for k in self._r.scan_iter(match=f"{pattern}:ping:*", count=1000)]

@@ -21,6 +21,7 @@ import anyio.to_thread
 from sqlalchemy import Engine
 
 from service.caps.base import CapStore, CapUnavailable
+from service.events import log as event_log
 from service.state.base import StateStore, StateUnavailable
 from service.users import repository as repo
 
@@ -65,7 +66,7 @@ class Eraser:
             await anyio.to_thread.run_sync(self._in_tx, repo.restore_erasure, key, before)
             return ErasureOutcome("not_found", counts)
         try:
-            await anyio.to_thread.run_sync(self._in_tx, repo.finish_erasure, key, _now())
+            await anyio.to_thread.run_sync(self._finish, user_id, key, linked)
         except Exception:  # the database went away: the record stays pending, resume ends it
             log.warning("erasure done but not recorded; it will be rerun", exc_info=True)
             return ErasureOutcome("pending", counts)
@@ -81,11 +82,11 @@ class Eraser:
                 return finished
             key, user_id, devices = claimed
             try:
-                await self._redis_steps(user_id, devices)
+                linked = await self._redis_steps(user_id, devices)
             except UNAVAILABLE as exc:
                 await self._quietly(repo.release_erasure, key, f"{type(exc).__name__}: {exc}")
                 return finished
-            await anyio.to_thread.run_sync(self._in_tx, repo.finish_erasure, key, _now())
+            await anyio.to_thread.run_sync(self._finish, user_id, key, linked)
             finished += 1
             log.info("pending erasure finished")
 
@@ -106,7 +107,28 @@ class Eraser:
             counts = repo.erase(conn, user_id, f"erased-{uuid.uuid4().hex}")
             lease = now + timedelta(seconds=self.lease_s)
             before = repo.record_erasure(conn, user_id, devices, now, lease)
+            was_pending = before is not None and before["status"] == "pending"
+            if any(counts.values()) or devices or was_pending:
+                self._record_event(conn, user_id, repo.user_hash(user_id), devices, now)
         return counts, devices, before
+
+    def _finish(self, user_id: str, key: str, linked: set[str]) -> None:
+        """The erasure done; ``user.erased`` recorded now if only Redis held the user (the
+        devices ``linked``; recorded by :meth:`_begin` otherwise: the same id, once)."""
+        now = _now()
+        with self.engine.begin() as conn:
+            if linked:
+                self._record_event(conn, user_id, key, sorted(linked), now)
+            repo.finish_erasure(conn, key, now)
+
+    @staticmethod
+    def _record_event(conn: Any, user_id: str, key: str, devices: list[str], now: datetime) -> None:
+        """``user.erased`` (and the user's earlier events redacted) in ``conn``'s
+        transaction, under the erasure request's id."""
+        event_log.record_user_erased(
+            conn, user_id=user_id, erasure_id=repo.erasure_id(conn, key), device_ids=devices,
+            at=now,
+        )  # fmt: skip
 
     async def _redis_steps(self, user_id: str, devices: list[str]) -> set[str]:
         """Every step idempotent; the links go last, so a rerun still finds the devices."""

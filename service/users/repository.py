@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -23,10 +25,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.models import ErasureRow, ExposureRow, OfferRow, UserEventRow, UserRow
+from service.timeutil import aware
 
 USERS: Table = UserRow.__table__  # type: ignore[assignment]
 EVENTS: Table = UserEventRow.__table__  # type: ignore[assignment]
 ERASURES: Table = ErasureRow.__table__  # type: ignore[assignment]
+_ERASURE_NS = uuid.UUID("2d6f0e8a-7c41-4b9e-b3a2-9e5d1c7f4a60")
 
 
 def merge_attributes(conn: Connection, user_id: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -164,16 +168,26 @@ def devices_of(conn: Connection, user_id: str) -> list[str]:
     return [r[0] for r in rows if r[0]]
 
 
-def users_without_consent(engine: Engine) -> list[str]:
-    """Users whose ``location_consent`` is false (to refill the ping path's fast copy)."""
-    if engine.dialect.name == "postgresql":
-        cond = (
+def _no_consent(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return (
             type_coerce(USERS.c.attributes, postgresql.JSONB)["location_consent"].astext == "false"
         )
-    else:
-        cond = func.json_extract(USERS.c.attributes, "$.location_consent") == 0
+    return func.json_extract(USERS.c.attributes, "$.location_consent") == 0
+
+
+def users_without_consent(engine: Engine) -> list[str]:
+    """Users whose ``location_consent`` is false (to refill the ping path's fast copy)."""
     with engine.connect() as conn:
+        cond = _no_consent(engine.dialect.name)
         return [r[0] for r in conn.execute(select(USERS.c.user_id).where(cond))]
+
+
+def without_consent(conn: Connection, user_ids: Iterable[str]) -> set[str]:
+    """Those of ``user_ids`` whose ``location_consent`` is false."""
+    cond = _no_consent(conn.dialect.name)
+    query = select(USERS.c.user_id).where(USERS.c.user_id.in_(list(user_ids)), cond)
+    return {r[0] for r in conn.execute(query)}
 
 
 # --- erasures: the durable record of each erasure -----------------------------------
@@ -215,7 +229,8 @@ def record_erasure(
             user_id=user_id,
             devices=sorted({*known, *devices}),
             status="pending",
-            requested_at=now,
+            # A retried or resumed erasure is the same request (its event id is made of it).
+            requested_at=row.requested_at if was_pending else now,
             completed_at=None,
             attempts=(row.attempts if was_pending else 0) + 1,
             last_error=None,
@@ -268,6 +283,15 @@ def release_erasure(conn: Connection, key: str, error: str) -> None:
         .where(ERASURES.c.user_hash == key, ERASURES.c.status == "pending")
         .values(lease_until=None, last_error=error[:500])
     )
+
+
+def erasure_id(conn: Connection, key: str) -> str:
+    """The id of the user's current erasure request (the same for its retries and resumes;
+    a new one once an erasure is done and the user is erased again)."""
+    requested = conn.execute(
+        select(ERASURES.c.requested_at).where(ERASURES.c.user_hash == key)
+    ).scalar_one()
+    return str(uuid.uuid5(_ERASURE_NS, f"{key}|{aware(requested).timestamp():.6f}"))
 
 
 def finish_erasure(conn: Connection, key: str, now: datetime) -> None:

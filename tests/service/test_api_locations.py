@@ -9,7 +9,7 @@ import redis
 
 from geofences import sphere_distance_m
 from service.settings import Settings
-from tests.helpers import ago, iso, offset
+from tests.helpers import ago, device_key, iso, offset, partition
 from tests.service.conftest import Api, _make_api
 
 CENTER = (40.74172, -73.98964)
@@ -72,7 +72,7 @@ def test_retried_ping_gets_the_first_answer_and_changes_nothing(api: Api) -> Non
     ts = ago(30)
     first = ping(api, *CENTER, ts, ping_id="p-1")
     r = redis.Redis.from_url(api.settings.redis_url)
-    state_key = f"{api.settings.redis_prefix}:{{d:dev-1}}:state"
+    state_key = f"{device_key(api.settings, 'dev-1')}:state"
     before = r.get(state_key)
     # Same ping_id, even with other content: the first answer, no new state.
     again = ping(api, *offset(*CENTER, 0, 500), ts, ping_id="p-1")
@@ -84,8 +84,13 @@ def test_retried_ping_gets_the_first_answer_and_changes_nothing(api: Api) -> Non
     b = ping(api, *offset(*CENTER, 0, 500), t2)
     assert a == b and a["ping_id"] and kinds(a) == [("exit", "s-001")]
     keys = [k.decode() for k in r.scan_iter(match=f"{api.settings.redis_prefix}*")]
-    keys.remove(f"{api.settings.redis_prefix}:{{denials}}:loaded")  # the service's one global key
-    assert keys and all("{d:dev-1}" in k for k in keys), keys
+    keys.remove(
+        f"{api.settings.redis_prefix}:{{denials}}:loaded:ev"
+    )  # the service's one global key
+    # The device's keys, and its event partition's streams (inbox, events): one hash tag.
+    tag = f"{api.settings.redis_prefix}:{{ev:{partition(api.settings, 'dev-1')}}}:"
+    assert state_key.encode() in r.keys(f"{tag}*"), "the device's keys carry the tag"
+    assert keys and all(k.startswith(tag) for k in keys), keys
     r.close()
 
 

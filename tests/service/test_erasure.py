@@ -6,13 +6,17 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from service.caps.redis_caps import RedisCapStore
 from service.db.engine import make_engine
+from service.events import log as event_log
+from service.events.types import EventType
 from service.settings import Settings
 from service.state.redis_store import RedisStateStore
 from service.users import repository as repo
@@ -76,6 +80,23 @@ def test_an_erasure_killed_after_its_database_part_is_finished_by_another_replic
     assert not _keys(api.settings, "kim-phone") and not _keys(api.settings, "u:kim}")
     status = c.get("/v1/users/kim/erasure", headers=api.admin).json()
     assert status["status"] == "done" and status["attempts"] == 2
+    # user.erased: recorded with the database part, once for the killed and resumed erasure.
+    first = erased_events(api)
+    assert len(first) == 1 and first[0].data == {"user_id": "kim", "erasure_id": ANY}
+    # Kim comes back and is erased again: a new erasure, a new event.
+    c.patch("/v1/users/kim", json={"first_name": "Kim"}, headers=api.server)
+    assert c.delete("/v1/users/kim", headers=api.admin).status_code == 204
+    assert c.delete("/v1/users/kim", headers=api.admin).status_code == 404, "nothing held"
+    again = erased_events(api)
+    assert len(again) == 2 and again[0].id == first[0].id and again[1].id != first[0].id
+
+
+def erased_events(api: Api) -> list[Any]:
+    t = event_log.EVENTS
+    with api.app_state.engine.connect() as conn:
+        return conn.execute(
+            select(t).where(t.c.type == EventType.user_erased.value).order_by(t.c.seq)
+        ).all()
 
 
 def test_replicas_claiming_at_once_take_different_erasures(api: Api) -> None:

@@ -163,8 +163,9 @@ async def test_a_crash_between_xadd_and_commit_repeats_entries_under_the_same_id
 async def state_step_with_events(
     client: Any, layout: StreamLayout, device: str, events: list[Event]
 ) -> None:
-    """Stands in for the device-state script: stores the step and XADDs its visit events in
-    one script, as the integration will (the inbox shares the partition's hash tag)."""
+    """A minimal device-state script: stores a step and XADDs its visit events in one
+    script, as ``service.state.redis_store`` does (the inbox shares the partition's hash tag;
+    the service's own script is tested end to end in test_events_wiring.py)."""
     n = layout.partition(device)
     state_key = f"{layout.prefix}:{layout.tag(n)}:d:{device}:state"
     script = (

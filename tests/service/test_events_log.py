@@ -4,6 +4,7 @@ and an async psycopg batch), redaction on erasure, retention."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -277,3 +278,89 @@ def test_erasure_and_visit_helpers(engine: Engine) -> None:
         "user_id": "u-1",
         "erasure_id": "er-9",
     }
+
+
+def test_events_arriving_after_their_users_erasure_are_recorded_redacted(engine: Engine) -> None:
+    """A visit event still in an inbox when its user is erased enters the log redacted; one
+    whose user has withdrawn consent meanwhile does not enter it."""
+    from service.users import repository as users_repo
+
+    with engine.begin() as conn:
+        users_repo.record_erasure(conn, "u-1", [], T0 + timedelta(minutes=1), T0)
+        users_repo.merge_attributes(conn, "u-7", {"location_consent": False})
+        users_repo.merge_attributes(conn, "u-9", {"location_consent": True})
+    late_ping = visit_event(
+        "enter", device_id="dev-1", user_id="u-1", store_id="s-1", ping_key="p-later",
+        occurred_at=T0 + timedelta(minutes=2),
+    )  # fmt: skip
+    before, other = visit(), visit(device="dev-9", user="u-9", ping="p-9")
+    denied = visit(device="dev-7", user="u-7", ping="p-7")
+    with engine.begin() as conn:
+        assert event_log.record_arrived(conn, [before, late_ping, other, denied]) == 1
+    rows = {r.id: r for r in stored(engine)}
+    assert set(rows) == {before.id, late_ping.id, other.id}
+    gone = rows[before.id]
+    assert gone.data["user_id"] is None and gone.data["device_id"] is None
+    assert gone.user_id is None and gone.partition_key == "" and gone.data["store_id"] == "s-1"
+    assert rows[late_ping.id].data["user_id"] == "u-1", "a ping after the erasure is kept"
+    assert rows[other.id].data["user_id"] == "u-9"
+
+
+def test_the_local_inbox_keeps_what_it_could_not_write_and_writes_it_later(
+    tmp_path: Path,
+) -> None:
+    """The embedded default's inbox: a failed write keeps the events queued (in order) and
+    the task retries; stopping writes what is left."""
+    from service.events.inbox import LocalInbox
+
+    engine = make_engine(Settings(data_dir=tmp_path, database_url=None))  # no tables yet
+
+    async def scenario() -> None:
+        inbox = LocalInbox(engine, retry_s=0.05)
+        first = [visit(ping=f"p-{i}") for i in range(3)]
+        inbox.add(first)
+        with pytest.raises(Exception, match="no such table"):
+            await inbox.flush()
+        assert len(inbox) == 3, "kept for the next try"
+        inbox.start()
+        await asyncio.sleep(0.2)  # the task retries and fails again meanwhile
+        assert len(inbox) == 3
+        await asyncio.to_thread(upgrade, engine)
+        inbox.add([visit(ping="p-3"), first[0]])  # a repeat of an id: recorded once
+        for _ in range(100):
+            if not len(inbox):
+                break
+            await asyncio.sleep(0.05)
+        assert len(inbox) == 0
+        inbox.add([visit(ping="p-4")])
+        await inbox.stop()  # writes what is left
+
+    asyncio.run(scenario())
+    rows = stored(engine)
+    assert [r.data["ping_id"] for r in rows] == ["p-0", "p-1", "p-2", "p-3", "p-4"]
+    engine.dispose()
+
+
+def test_the_local_inbox_at_stop_writes_what_was_queued_during_its_last_write(
+    sqlite_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.events import inbox as inbox_mod
+
+    real = inbox_mod._record
+
+    def slow(engine: Engine, events: list) -> None:
+        time.sleep(0.2)
+        real(engine, events)
+
+    monkeypatch.setattr(inbox_mod, "_record", slow)
+
+    async def scenario() -> None:
+        inbox = inbox_mod.LocalInbox(sqlite_engine)
+        inbox.start()
+        inbox.add([visit(ping="p-a")])
+        await asyncio.sleep(0.05)  # its write is under way
+        inbox.add([visit(ping="p-b")])
+        await inbox.stop()
+
+    asyncio.run(scenario())
+    assert [r.data["ping_id"] for r in stored(sqlite_engine)] == ["p-a", "p-b"]

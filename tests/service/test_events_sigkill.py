@@ -24,6 +24,7 @@ from service.events.types import EventType, event_id
 from service.offers import repository as offers_repo
 from service.settings import Settings
 from tests import webhook_receiver
+from tests.helpers import iso
 from tests.service.test_server_e2e import cli, server_env, start_server  # noqa: F401
 from tests.webhook_receiver import Receiver, always, ok
 
@@ -33,6 +34,11 @@ FAST = {
     "GEO_OFFERS_WEBHOOK_BACKOFF_BASE_S": "0.2",
     "GEO_OFFERS_WEBHOOK_BACKOFF_MAX_S": "1",
 }
+
+
+VISIT_STORE = b"store_id,name,lat,lng,radius_m\nk-1,Kill,48.8593,2.3618,50\n"
+INSIDE, OUTSIDE = (48.8593, 2.3618), (48.8693, 2.3618)
+VISIT_TYPES = (EventType.visit_entered, EventType.visit_dwelled, EventType.visit_exited)
 
 
 @pytest.fixture
@@ -156,3 +162,80 @@ def test_sigkill_between_recording_and_delivering_loses_nothing(
             seen.add(entry_event(fields).id)
     client.close()
     assert seen == expected
+
+
+def test_sigkill_after_the_state_step_loses_no_visit_event(
+    server_env: dict[str, str],  # noqa: F811
+    receiver: Receiver,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """The device-state script stored the step and its visit events in the partition's inbox;
+    the process is killed before any relay moved them: after a restart they all arrive, each
+    under the id of its device, ping and store, and a retried ping adds none."""
+    # A slow first process: its inbox import runs at start, then not for a minute.
+    slow = {**server_env, **FAST, "GEO_OFFERS_EVENTS_POLL_S": "60"}
+    env = {**server_env, **FAST}
+    admin = cli(env, "keys", "create", "--role", "admin").stdout.strip()
+    sdk = cli(env, "keys", "create", "--role", "sdk").stdout.strip()
+    proc, base = start_server(slow, tmp_path)
+    try:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}) as c:
+            r = c.post("/v1/geofences/import", files={"file": ("s.csv", VISIT_STORE)})
+            assert r.status_code == 200, r.text
+            r = c.post(
+                "/v1/webhooks",
+                json={"url": receiver.url("/visits"), "events": [t.value for t in VISIT_TYPES]},
+            )
+            assert r.status_code == 201, r.text
+        receiver.on("/visits", ok, [r.json()["secret"]])
+        now = datetime.now(UTC)
+        expected = set()
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {sdk}"}) as c:
+            for i in range(10):
+                for kind, (lat, lng), dt in (("enter", INSIDE, 20), ("exit", OUTSIDE, 10)):
+                    body = {"device_id": f"kd-{i}", "lat": lat, "lng": lng, "accuracy_m": 5,
+                            "timestamp": iso(now - timedelta(seconds=dt)),
+                            "ping_id": f"kp-{i}-{kind}"}  # fmt: skip
+                    r = c.post("/v1/locations", json=body)
+                    assert [e["type"] for e in r.json()["events"]] == [kind], r.text
+                    type_ = VISIT_TYPES[0] if kind == "enter" else VISIT_TYPES[2]
+                    expected.add(event_id(type_, f"kd-{i}", f"kp-{i}-{kind}", "k-1"))
+        layout = StreamLayout(env["GEO_OFFERS_REDIS_PREFIX"], Settings().stream_partitions)
+        client = redis.Redis.from_url(redis_url)
+        inbox = [
+            entry_event(fields).id
+            for n in range(layout.partitions)
+            for _, fields in client.xrange(layout.inbox_key(n))
+        ]
+        assert sorted(inbox) == sorted(expected), "stored with the steps, not yet imported"
+        kill(proc)
+
+        proc, base = start_server(env, tmp_path)
+        receiver.wait_for(
+            lambda: {r.id for r in receiver.delivered("/visits")} >= expected,
+            timeout=60,
+            what="every visit event delivered",
+        )
+        # A retry of a ping answered before the kill: its first answer, no new event.
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {sdk}"}) as c:
+            body = {"device_id": "kd-0", "lat": INSIDE[0], "lng": INSIDE[1], "accuracy_m": 5,
+                    "timestamp": iso(now - timedelta(seconds=20)), "ping_id": "kp-0-enter"}  # fmt: skip
+            assert [e["type"] for e in c.post("/v1/locations", json=body).json()["events"]] == [
+                "enter"
+            ]
+        time.sleep(1.0)  # a few relay polls
+        assert all(client.xlen(layout.inbox_key(n)) == 0 for n in range(layout.partitions))
+        client.close()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+    delivered = receiver.delivered("/visits")
+    assert {r.id for r in receiver.at("/visits")} == expected, "no other id"
+    assert all(r.verified_with == [0] for r in delivered)
+    engine = make_engine(Settings(database_url=server_env["GEO_OFFERS_DATABASE_URL"]))
+    with engine.connect() as conn:
+        ids = list(conn.execute(select(event_log.EVENTS.c.id)).scalars())
+    engine.dispose()
+    assert sorted(ids) == sorted(expected), "each once in the log"

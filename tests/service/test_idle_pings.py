@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from service.settings import Settings
-from tests.helpers import ago, iso
+from tests.helpers import ago, device_key, iso
 from tests.service.conftest import Api, _make_api
 
 CENTER = (40.74172, -73.98964)
@@ -125,7 +125,7 @@ def test_a_state_in_another_layout_is_never_taken_for_idle(
     a, b = replicas
     assert a.ping(*FAR, ago(30))["reason"] == "no_trigger"
     client = redis.Redis.from_url(pg_settings.redis_url or "")
-    key = f"{pg_settings.redis_prefix}:{{d:dev-1}}:state"
+    key = f"{device_key(pg_settings, 'dev-1')}:state"
     doc = orjson.loads(client.get(key) or b"null")
     assert doc is not None and doc["in"] == {}
     client.set(key, b'{"in":{},"t":%r}' % doc["t"])

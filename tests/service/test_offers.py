@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.helpers import ago, iso
+from tests.helpers import ago, device_key, iso
 from tests.service.conftest import Api
 
 STORES = b"""store_id,name,lat,lng,radius_m,tags,timezone
@@ -426,7 +426,7 @@ def test_consent_withdrawn_mid_visit_drops_the_state(any_api: Api) -> None:
         import redis
 
         with redis.Redis.from_url(any_api.settings.redis_url) as rc:
-            assert rc.get(f"{any_api.settings.redis_prefix}:{{d:walker-phone}}:state") is None
+            assert rc.get(f"{device_key(any_api.settings, 'walker-phone')}:state") is None
     any_api.client.patch(
         "/v1/users/walker", json={"location_consent": True}, headers=any_api.server
     )

@@ -21,7 +21,7 @@ from service.locations.service import answer_bytes
 from service.reasons import ANSWER_REASONS, Reason
 from service.settings import Settings
 from service.state.base import encode_answer
-from tests.helpers import ago, iso
+from tests.helpers import ago, device_key, iso
 from tests.service.conftest import Api, _make_api
 from tests.service.test_offers import hours_around
 
@@ -197,7 +197,7 @@ def test_every_reason_through_the_lane_matches_the_published_schema(
 
     # A retry of a ping whose decision is still running (here: never finishes).
     pid = "p-running"
-    key = f"{pg_settings.redis_prefix}:{{d:slow-dev}}:ping:{pid}"
+    key = f"{device_key(pg_settings, 'slow-dev')}:ping:{pid}"
     provisional = answer_bytes(pid, [], Reason.IN_PROGRESS)
     with redis.Redis.from_url(pg_settings.redis_url or "") as rc:
         rc.set(key, encode_answer(Reason.IN_PROGRESS, provisional, pending=True), ex=60)

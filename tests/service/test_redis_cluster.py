@@ -1,4 +1,5 @@
-"""The service on a real 3-node Redis Cluster: device state, caps and budgets stay exact.
+"""The service on a real 3-node Redis Cluster: device state, caps and budgets stay exact, and
+the visit events reach the partition streams, spread over the nodes.
 
 The cluster is the test session's own (tests/redis_cluster.py), started on local ports.
 """
@@ -6,12 +7,18 @@ The cluster is the test session's own (tests/redis_cluster.py), started on local
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
 from service.app import create_app
 from service.auth import Role, create_key
+from service.events.streams import StreamLayout, entry_event
+from service.events.types import Event, EventType
 from service.settings import Settings
+from service.state.redis_store import device_prefix
 from tests.helpers import ago, iso
 from tests.service.conftest import _reset_postgis
 
@@ -28,6 +35,28 @@ campaigns:
     budget: {total: 30}
     offer: {title: Thirty, message: "Hi"}
 """
+
+
+async def streamed(settings: Settings, type_: EventType, n: int) -> list[tuple[str, str, Event]]:
+    """(stream, node, event) of every ``type_`` event in the partition streams, read with
+    XREAD (one partition at a time: they are on different slots), once ``n`` are there."""
+    client = RedisCluster.from_url(settings.redis_url or "")
+    layout = StreamLayout(settings.redis_prefix, settings.stream_partitions)
+    try:
+        await client.initialize()
+        deadline = time.monotonic() + 30
+        while True:
+            got = []
+            for key in layout.events_keys():
+                node = client.get_node_from_key(key).name
+                for _, entries in await client.xread({key: "0-0"}, count=10_000) or []:
+                    got += [(key, node, entry_event(fields)) for _, fields in entries]
+            mine = [g for g in got if g[2].type == type_]
+            if len(mine) >= n or time.monotonic() > deadline:
+                return mine
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
 
 
 def test_caps_budgets_and_state_on_a_redis_cluster(cluster_url: str, migrated_postgis: str) -> None:
@@ -81,12 +110,25 @@ def test_caps_budgets_and_state_on_a_redis_cluster(cluster_url: str, migrated_po
                 same = await asyncio.gather(
                     *[ping("same-device", "x", 48.8593, 2.3618, f"p{i}") for i in range(30)]
                 )
+                # The visit events: XADDed to the inbox by the state script (one slot with
+                # the device's keys), then relayed to the partition streams, read by XREAD.
+                entered = await streamed(settings, EventType.visit_entered, 151)
         assert all(r.status_code == 200 for r in [*capped, *budget, *same])
         assert sum(1 for r in capped if r.json()["offer"]) == 1
         assert {r.json()["reason"] for r in capped} == {"offer_issued", "capped"}
         assert sum(1 for r in budget if r.json()["offer"]) == 30
         enters = [e for r in same for e in r.json()["events"] if e["type"] == "enter"]
         assert len(enters) == 1
+        # One visit.entered per device, each once, in its device's partition, on 3 nodes.
+        devices = [*(f"d{i}" for i in range(60)), *(f"b{i}" for i in range(90)), "same-device"]
+        assert sorted(e.data["device_id"] for _, _, e in entered) == sorted(devices)
+        layout = StreamLayout(settings.redis_prefix, settings.stream_partitions)
+        for key, _, e in entered:
+            n = layout.partition(e.data["device_id"])
+            assert key == layout.events_key(n)
+            state = f"{device_prefix(layout, e.data['device_id'])}:state"
+            assert key_slot(state.encode()) == key_slot(layout.inbox_key(n).encode())
+        assert len({node for _, node, _ in entered}) == 3, "spread over the cluster"
 
     asyncio.run(run())
     _reset_postgis(migrated_postgis)

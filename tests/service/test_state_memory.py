@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from service.state.base import compact
+from service.state.base import ConsentDenied, compact
 from service.state.memory import MemoryStateStore
 from service.state.redis_store import RedisStateStore
 
@@ -27,6 +27,7 @@ class _Result:
     answer: bytes
     reason: str = "no_trigger"
     pending: bool = False
+    records: tuple[Any, ...] = ()
 
 
 def _step(ts: float) -> Any:
@@ -107,3 +108,32 @@ def test_the_cache_of_states_stays_bounded_and_keeps_the_newest() -> None:
     assert copies.get("d0") == b""
     copies.pop("d999")
     assert copies.get("d999") == b""
+
+
+def test_consent_flags_are_refilled_once_for_the_new_device_key_layout(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A Redis written by the previous layout (device flags under ``{d:<device>}``, the old
+    marker) gets the flags under the new keys at the first start: flags only, no scan."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_url)
+    client.set(f"{redis_prefix}:{{denials}}:loaded", b"1")  # the old marker
+    client.set(f"{redis_prefix}:{{d:phone-9}}:no_consent", b"1")  # an old device flag
+    client.sadd(f"{redis_prefix}:{{u:u-9}}:devices", "phone-9")
+    client.close()
+
+    async def main() -> None:
+        store = RedisStateStore.from_url(redis_url, redis_prefix, 3600.0, 60)
+        try:
+            assert not await store.denials_loaded(), "the new version loads them once"
+            await store.load_denied(["u-9"])
+            assert await store.denials_loaded()
+            # The device pings without its user id: its own flag, under the new layout.
+            assert isinstance(await store.process("phone-9", "p", _step(1.0)), ConsentDenied)
+            outcome = await store.process("phone-1", "p", _step(1.0), user_key="u-9")
+            assert isinstance(outcome, ConsentDenied), "and a new device of the user"
+        finally:
+            await store.close()
+
+    asyncio.run(main())
