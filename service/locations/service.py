@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,6 +57,7 @@ from service.offers.service import (
 from service.reasons import Reason
 from service.settings import Settings
 from service.state.base import ConsentDenied, Replayed, StateStore, StateUnavailable, Stored
+from service.trust.checks import Fix, TrustCheck, judge_fix
 
 log = logging.getLogger("geo_offers.locations")
 
@@ -114,6 +115,7 @@ class Visit:
     answer: bytes  # remembered for retries
     events: list[dict[str, Any]]
     screen: Screen | None = None  # step 4's verdict, when some campaign's trigger fired
+    spoofed: TrustCheck | None = None  # the ping's own trust check that failed (DESIGN §11)
 
     @property
     def pending(self) -> bool:
@@ -156,7 +158,9 @@ class Stepper:
     """The state step of one ping (DESIGN §4 steps 2-4), run by the state store on the
     device's current state; it may run more than once (compare-and-set retries)."""
 
-    __slots__ = ("campaigns", "inaccurate", "index", "matches", "now", "pid", "ping", "settings")
+    __slots__ = (
+        "campaigns", "fix", "inaccurate", "index", "matches", "now", "pid", "ping", "settings",
+    )  # fmt: skip
 
     def __init__(
         self, ctx: PingContext, ping: PingIn, pid: str, campaigns: CampaignSet, now: float
@@ -171,6 +175,8 @@ class Stepper:
         self.index = index
         self.inaccurate = ping.accuracy_m > ctx.settings.max_accuracy_m
         self.matches = None if self.inaccurate else index.match(ping.lat, ping.lng)
+        ts = ping.timestamp.timestamp()
+        self.fix = None if self.inaccurate else Fix(ping.lat, ping.lng, ts, ping.accuracy_m)
 
     def _visit(
         self,
@@ -186,6 +192,19 @@ class Stepper:
         return Visit(doc, reason, answer_bytes(self.pid, events, reason), events, screen)
 
     def __call__(self, doc: dict[str, Any] | None) -> Visit:
+        """The visit step, then the trust step: the fix judged against the device's last
+        accepted one (``"f"`` in the state document, beside the visits), which it replaces
+        only when plausible."""
+        visit = self._step(doc)
+        if visit.state is None:  # nothing changes (out of order)
+            return visit
+        prev = Fix.from_doc(doc.get("f")) if doc is not None else None
+        judged = judge_fix(prev, self.fix, self.ping.mocked, self.settings.max_speed_kmh)
+        if judged.last is not None:
+            visit.state["f"] = judged.last.to_doc()
+        return replace(visit, spoofed=judged.failed)
+
+    def _step(self, doc: dict[str, Any] | None) -> Visit:
         ping, settings = self.ping, self.settings
         ts = ping.timestamp.timestamp()
         state = DeviceState.from_doc(doc) if doc is not None else None
@@ -262,9 +281,8 @@ async def process_ping(
         case Replayed():
             return _answered(Reason(outcome.reason), outcome.answer)
         case Stored(result=visit) if visit.pending:
-            assert visit.screen is not None
-            ref = PingRef(ping.device_id, user_key, pid, ping.channel)
-            decision = await _decide_and_issue(ctx, campaigns, ref, visit.screen, now)
+            ref = PingRef(ping.device_id, user_key, pid, ping.channel, ping.user_id)
+            decision = await _decide_and_issue(ctx, campaigns, ref, visit, now)
             offer = decision.offer.to_doc() if decision.offer is not None else None
             final = answer_bytes(pid, visit.events, decision.reason, offer)
             try:
@@ -289,10 +307,11 @@ def _answered(reason: Reason, body: bytes) -> bytes:
 
 
 async def _decide_and_issue(
-    ctx: PingContext, campaigns: CampaignSet, ref: PingRef, screen: Screen, now: float
+    ctx: PingContext, campaigns: CampaignSet, ref: PingRef, visit: Visit, now: float
 ) -> Decision:
+    assert visit.screen is not None
     when = datetime.fromtimestamp(now, UTC)
-    verdict = await decide(ctx.offers, campaigns, ref, screen, when)
+    verdict = await decide(ctx.offers, campaigns, ref, visit.screen, when, visit.spoofed)
     if isinstance(verdict, Decision):
         return verdict
     return await issue(ctx.offers, verdict, ref, ctx.holder.index, when)

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
+from geofences.sphere import EARTH_RADIUS_M
 from service.state.base import (
     ConsentDenied,
     R,
@@ -39,34 +40,70 @@ from service.state.base import (
     encode_answer,
 )
 from service.state.resp import LeanRedis, lean_client_supported
+from service.trust.checks import MAX_ACCURACY_ALLOWANCE_M
 
 # KEYS: state, answer, consent flag. ARGV: expected state ('' = none), new state ('' =
 # keep), state ttl ms, answer (service.state.base.encode_answer), answer ttl s, idle ts
 # ('' = compare with the expected state; else any idle state (StateStore.process, idle_at)
-# at or before that ts will do).
+# at or before that ts will do), max speed m/s (DESIGN §11, for the idle path).
 # Returns {3} consent withdrawn | {0, first answer} | {1, current state or ''} |
-# {2, 1 if the device had no state else 0} stored.
+# {2, 1 if the device had no state else 0[, the state stored when not ARGV[2]]} stored.
+#
+# The idle path's new state was stepped from no state, so its last accepted fix ("f",
+# service.trust.judge_fix) is the ping's own: the script judges it against the current
+# state's, with the same rule and distance (geofences.sphere_distance_m), and keeps the
+# current one when the ping's is missing (mocked, too imprecise) or implausible.
 _CAS = """
+local function fix(s)
+  return string.match(s, '^%[([^,]+),([^,]+),([^,]+),([^,%]]+)%]$')
+end
+local function keeps(prev, new)
+  local f = string.match(new, ',"f":(%b[])}$')
+  if not f then return true end
+  local plat, plng, pts, pacc = fix(prev)
+  local lat, lng, ts, acc = fix(f)
+  plat, plng, pts, pacc = tonumber(plat), tonumber(plng), tonumber(pts), tonumber(pacc)
+  lat, lng, ts, acc = tonumber(lat), tonumber(lng), tonumber(ts), tonumber(acc)
+  local r = math.pi / 180
+  local slat, elat, dlng = plat * r, lat * r, (lng - plng) * r
+  local cs, ss, ce, se, cd = math.cos(slat), math.sin(slat), math.cos(elat), math.sin(elat),
+    math.cos(dlng)
+  local a1, a2 = (ce * math.sin(dlng)) ^ 2, (cs * se - ss * ce * cd) ^ 2
+  local b = ss * se + cs * ce * cd
+  local moved = EARTH_RADIUS_M * math.atan2(math.sqrt(a1 + a2), b)
+    - math.min(acc, ACCURACY_CAP_M) - math.min(pacc, ACCURACY_CAP_M)
+  if moved <= 0 then return false end
+  local dt = math.abs(ts - pts)
+  return dt == 0 or moved / dt > tonumber(ARGV[7])
+end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {3} end
 local first = redis.call('GET', KEYS[2])
 if first then return {0, first} end
 local cur = redis.call('GET', KEYS[1])
+local new = ARGV[2]
 if ARGV[6] ~= '' then
   if cur then
-    local t = string.sub(cur, 1, 5) == '{"t":' and string.sub(cur, -9) == ',"in":{}}'
-      and tonumber(string.sub(cur, 6, -10))
-    if not t or t > tonumber(ARGV[6]) then return {1, cur} end
+    local t, rest = string.match(cur, '^{"t":([^,]+),"in":{}(.*)}$')
+    if not t or tonumber(t) > tonumber(ARGV[6]) then return {1, cur} end
+    local prev = string.match(rest, '^,"f":(%b[])$')
+    if prev and keeps(prev, new) then
+      new = string.match(new, '^{"t":[^,]+,"in":{}') .. ',"f":' .. prev .. '}'
+    end
   end
 elseif (cur or '') ~= ARGV[1] then return {1, cur or ''} end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+if new ~= '' then redis.call('SET', KEYS[1], new, 'PX', ARGV[3]) end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
-if cur then return {2, 0} end
-return {2, 1}
-"""
+if not cur then return {2, 1} end
+if new ~= ARGV[2] then return {2, 0, new} end
+return {2, 0}
+""".replace("EARTH_RADIUS_M", repr(EARTH_RADIUS_M)).replace(
+    "ACCURACY_CAP_M", repr(MAX_ACCURACY_ALLOWANCE_M)
+)
 _CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()
 
-#: How a state with no visit ends, as the service writes it (the script checks the same).
-_NO_VISIT = b',"in":{}}'
+#: What follows "t" in a state with no visit, as the service writes it (the script checks
+#: the same).
+_NO_VISIT = b',"in":{}'
 MAX_ATTEMPTS = 50
 #: Devices whose last state this replica remembers (bytes, for the compare-and-set).
 CACHE_MAX = 200_000
@@ -116,14 +153,17 @@ class RedisStateStore:
         state_ttl_s: float,
         answer_ttl_s: int,
         lean: LeanRedis | None = None,
+        max_speed_kmh: float = 900.0,
     ) -> None:
         """``lean``, when given, carries the ping path's commands (the compare-and-set and
-        the first-ping consent check); ``client`` (redis-py) carries everything else."""
+        the first-ping consent check); ``client`` (redis-py) carries everything else.
+        ``max_speed_kmh``: the trust setting the script judges idle pings' fixes with."""
         self._r = client
         self._lean = lean
         self._prefix = prefix
         self._state_ttl_ms = int(state_ttl_s * 1000)
         self._answer_ttl_s = answer_ttl_s
+        self._max_speed_mps = repr(max_speed_kmh / 3.6)
         self._cas_script = _CAS.encode()
         self._cas = client.register_script(_CAS)  # redis-py's EVALSHA with a NOSCRIPT retry
         self._known = _Copies(CACHE_MAX)
@@ -131,7 +171,13 @@ class RedisStateStore:
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str, state_ttl_s: float, answer_ttl_s: int, cluster: bool = False
+        cls,
+        url: str,
+        prefix: str,
+        state_ttl_s: float,
+        answer_ttl_s: int,
+        cluster: bool = False,
+        max_speed_kmh: float = 900.0,
     ) -> RedisStateStore:
         client: Any
         if cluster:
@@ -141,7 +187,7 @@ class RedisStateStore:
                 url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
             )
         lean = LeanRedis(url) if lean_client_supported(url, cluster) else None
-        return cls(client, prefix, state_ttl_s, answer_ttl_s, lean)
+        return cls(client, prefix, state_ttl_s, answer_ttl_s, lean, max_speed_kmh)
 
     async def _script(self, keys: list[Any], args: list[Any]) -> Any:
         if self._lean is not None:
@@ -175,7 +221,7 @@ class RedisStateStore:
         state_key, answer_key = self._keys(device_id, ping_key)
         keys = [state_key, answer_key, self._device_denied(device_id)]
         known = self._known.get(device_id, b"")
-        if idle_at is not None and known and not known.endswith(_NO_VISIT):
+        if idle_at is not None and known and not known.startswith(_NO_VISIT, known.find(b",")):
             idle_at = None  # this replica saw a visit last: the step on its copy is likelier right
         # A device this replica has no copy of may be new: its user's consent flag is read,
         # and the device linked to the user, in the same round trip as the script.
@@ -192,7 +238,8 @@ class RedisStateStore:
                     idle_ts = ""
                 new_raw = orjson.dumps(result.state) if result.state is not None else b""
                 answer = encode_answer(result.reason, result.answer, result.pending)
-                args = [known, new_raw, self._state_ttl_ms, answer, self._answer_ttl_s, idle_ts]
+                args = [known, new_raw, self._state_ttl_ms, answer, self._answer_ttl_s, idle_ts,
+                        self._max_speed_mps]  # fmt: skip
                 res, admitted = await self._call(keys, args, admit, device_id)
                 if admitted is not None:
                     denied, admit = not admitted, None
@@ -205,6 +252,8 @@ class RedisStateStore:
                     known = bytes(res[1])
                     self._remember(device_id, known)
                     continue
+                if len(res) > 2:  # the idle path kept the device's last accepted fix
+                    new_raw = bytes(res[2])
                 self._remember(device_id, new_raw or known)
                 # A ping that started the device's state: its user's consent decides.
                 if user_key is not None and res[1] == 1 and new_raw:
