@@ -5,9 +5,12 @@ real Redis and a 3-node Redis Cluster. Through real pings: tests/service/test_tr
 
 from __future__ import annotations
 
+import asyncio
 import math
+import random
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -15,6 +18,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from service.state.base import Stored
+from service.state.redis_store import RedisStateStore
 from service.trust import (
     Fix,
     MemoryTrustStore,
@@ -25,6 +30,7 @@ from service.trust import (
     implied_speed_kmh,
     judge_fix,
 )
+from tests.helpers import offset
 
 pytestmark = pytest.mark.anyio
 
@@ -172,3 +178,78 @@ async def test_two_replicas_share_the_counts(redis_url: str, redis_prefix: str) 
     finally:
         await a.close()
         await b.close()
+
+
+@dataclass(frozen=True)
+class _Stepped:
+    """A state step's result, as the state store wants it."""
+
+    state: dict[str, Any] | None
+    reason: str = "no_trigger"
+    answer: bytes = b"{}"
+    pending: bool = False
+
+
+def _pairs(n: int) -> list[tuple[Fix, Fix | None]]:
+    """(last accepted fix, the ping's fix) pairs at speeds up to twice the limit, on the
+    whole globe, and the edges: no fix, the same instant, jitter, the antimeridian."""
+    rng = random.Random(7)
+    limit_mps = TrustLimits().max_speed_kmh / 3.6
+    pairs: list[tuple[Fix, Fix | None]] = [
+        (fix(NYC, 0), None),
+        (fix(NYC, 0), fix(TIMES_SQUARE, 0)),
+        (fix(NYC, 0), Fix(NYC[0] + 0.0001, NYC[1], T0, 10)),
+        (Fix(0, 179.99, T0, 0), Fix(0, -179.992, T0 + 60, 0)),
+        (Fix(0, 179.99, T0, 0), Fix(0, -179.5, T0 + 60, 0)),
+        (fix(NYC, 0, accuracy=1e9), fix(LA, 60, accuracy=1e9)),
+    ]
+    while len(pairs) < n:
+        lat, lng = rng.uniform(-85, 85), rng.uniform(-180, 180)
+        dt = rng.choice((1.0, 30.0, 600.0, 7200.0))
+        speed = rng.uniform(0, 2 * limit_mps)
+        if abs(speed - limit_mps) < 1.0:  # a hair from the limit: rounding may differ
+            continue
+        to = offset(lat, lng, rng.uniform(0, 360), speed * dt + 40)
+        pairs.append((Fix(lat, lng, T0, 20), Fix(*to, T0 + dt, 20)))
+    return pairs
+
+
+async def _kept_by_script(url: str, prefix: str, device: str, prev: Fix, new: Fix | None) -> Any:
+    """The last accepted fix the state script keeps when a ping in no fence, at ``new``,
+    comes to a replica with no copy of the device, whose state holds ``prev``."""
+    replica_a = RedisStateStore.from_url(url, prefix, 3600.0, 60)
+    replica_b = RedisStateStore.from_url(url, prefix, 3600.0, 60)
+    before = {"t": prev.ts, "in": {}, "f": prev.to_doc()}
+    ts = new.ts if new is not None else prev.ts + 1
+    idle = {"t": ts, "in": {}} | ({"f": new.to_doc()} if new else {})
+    seen: list[dict[str, Any] | None] = []
+
+    def look(doc: dict[str, Any] | None) -> _Stepped:
+        seen.append(doc)
+        return _Stepped(None)
+
+    try:
+        await replica_a.process(device, "p1", lambda _: _Stepped(before))
+        out = await replica_b.process(device, "p2", lambda _: _Stepped(idle), None, ts)
+        assert isinstance(out, Stored)
+        await replica_a.process(device, "p3", look)  # its copy is behind: it reads Redis's
+    finally:
+        await replica_a.close()
+        await replica_b.close()
+    assert seen[-1] is not None and seen[-1]["t"] == ts
+    return seen[-1]["f"]
+
+
+def test_the_state_scripts_idle_path_judges_fixes_as_judge_fix_does(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A ping in no fence is stored by the state script without reading the state first;
+    the script then judges its fix itself. It must agree with :func:`judge_fix`."""
+    limit = TrustLimits().max_speed_kmh
+
+    async def main() -> None:
+        for i, (prev, new) in enumerate(_pairs(200)):
+            kept = await _kept_by_script(redis_url, redis_prefix, f"judge-{i}", prev, new)
+            assert Fix.from_doc(kept) == judge_fix(prev, new, False, limit).last, (prev, new)
+
+    asyncio.run(main())
