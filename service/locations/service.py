@@ -20,6 +20,10 @@ beyond the one state-store call:
   the furthest campaign reason (``campaign_paused``, ``not_targeted``, …) is the answer;
   otherwise the answer is provisional (``in_progress``, stored so that a retry arriving
   meanwhile waits instead of deciding twice) and the offer decision follows.
+- trust (DESIGN §11): the ping's fix is judged against the device's last accepted one,
+  kept in the state document (:func:`service.trust.judge_fix`); a mocked or impossible ping
+  moves the visits all the same, and its failed check goes to the offer decision, which
+  answers ``suspected_spoofing`` for the campaigns that check trust.
 - ``consent_denied``: the user withdrew location consent; the device's state is dropped.
 - ``state_unavailable``: the device-state backend is down; no events, no offer, still 200.
 
@@ -202,7 +206,7 @@ class Stepper:
         judged = judge_fix(prev, self.fix, self.ping.mocked, self.settings.max_speed_kmh)
         if judged.last is not None:
             visit.state["f"] = judged.last.to_doc()
-        return replace(visit, spoofed=judged.failed)
+        return visit if judged.failed is None else replace(visit, spoofed=judged.failed)
 
     def _step(self, doc: dict[str, Any] | None) -> Visit:
         ping, settings = self.ping, self.settings
@@ -281,8 +285,11 @@ async def process_ping(
         case Replayed():
             return _answered(Reason(outcome.reason), outcome.answer)
         case Stored(result=visit) if visit.pending:
+            assert visit.screen is not None
             ref = PingRef(ping.device_id, user_key, pid, ping.channel, ping.user_id)
-            decision = await _decide_and_issue(ctx, campaigns, ref, visit, now)
+            decision = await _decide_and_issue(
+                ctx, campaigns, ref, visit.screen, now, visit.spoofed
+            )
             offer = decision.offer.to_doc() if decision.offer is not None else None
             final = answer_bytes(pid, visit.events, decision.reason, offer)
             try:
@@ -307,11 +314,15 @@ def _answered(reason: Reason, body: bytes) -> bytes:
 
 
 async def _decide_and_issue(
-    ctx: PingContext, campaigns: CampaignSet, ref: PingRef, visit: Visit, now: float
+    ctx: PingContext,
+    campaigns: CampaignSet,
+    ref: PingRef,
+    screen: Screen,
+    now: float,
+    spoofed: TrustCheck | None,
 ) -> Decision:
-    assert visit.screen is not None
     when = datetime.fromtimestamp(now, UTC)
-    verdict = await decide(ctx.offers, campaigns, ref, visit.screen, when, visit.spoofed)
+    verdict = await decide(ctx.offers, campaigns, ref, screen, when, spoofed)
     if isinstance(verdict, Decision):
         return verdict
     return await issue(ctx.offers, verdict, ref, ctx.holder.index, when)
