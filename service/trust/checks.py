@@ -100,7 +100,9 @@ def implied_speed_kmh(prev: Fix, cur: Fix) -> float:
 
 @dataclass(frozen=True, slots=True)
 class TrustLimits:
-    max_speed_kmh: float = 900.0
+    """The sharing checks' limits (the travel check's is ``max_speed_kmh``, a setting the
+    state step reads)."""
+
     max_devices_per_user: int = 5
     max_users_per_device: int = 5
     window_s: float = 7 * 86_400.0
@@ -108,7 +110,6 @@ class TrustLimits:
     @classmethod
     def from_settings(cls, settings: Any) -> TrustLimits:
         return cls(
-            max_speed_kmh=settings.max_speed_kmh,
             max_devices_per_user=settings.trust_max_devices_per_user,
             max_users_per_device=settings.trust_max_users_per_device,
             window_s=settings.trust_sharing_window_s,

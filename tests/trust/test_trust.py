@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from service.settings import Settings
 from service.state.base import Stored
 from service.state.redis_store import RedisStateStore
 from service.trust import (
@@ -57,7 +58,7 @@ class Device:
         self.last: Fix | None = None
 
     def ping(self, f: Fix | None, mocked: bool = False) -> TrustCheck | None:
-        judged = judge_fix(self.last, f, mocked, TrustLimits().max_speed_kmh)
+        judged = judge_fix(self.last, f, mocked, Settings().max_speed_kmh)
         self.last = judged.last
         return judged.failed
 
@@ -194,7 +195,7 @@ def _pairs(n: int) -> list[tuple[Fix, Fix | None]]:
     """(last accepted fix, the ping's fix) pairs at speeds up to twice the limit, on the
     whole globe, and the edges: no fix, the same instant, jitter, the antimeridian."""
     rng = random.Random(7)
-    limit_mps = TrustLimits().max_speed_kmh / 3.6
+    limit_mps = Settings().max_speed_kmh / 3.6
     pairs: list[tuple[Fix, Fix | None]] = [
         (fix(NYC, 0), None),
         (fix(NYC, 0), fix(TIMES_SQUARE, 0)),
@@ -245,7 +246,7 @@ def test_the_state_scripts_idle_path_judges_fixes_as_judge_fix_does(
 ) -> None:
     """A ping in no fence is stored by the state script without reading the state first;
     the script then judges its fix itself. It must agree with :func:`judge_fix`."""
-    limit = TrustLimits().max_speed_kmh
+    limit = Settings().max_speed_kmh
 
     async def main() -> None:
         for i, (prev, new) in enumerate(_pairs(200)):
