@@ -119,7 +119,8 @@ class Visit:
     answer: bytes  # remembered for retries
     events: list[dict[str, Any]]
     screen: Screen | None = None  # step 4's verdict, when some campaign's trigger fired
-    spoofed: TrustCheck | None = None  # the ping's own trust check that failed (DESIGN §11)
+    # The ping's own trust check that failed (DESIGN §11), for the offer decision (pending).
+    spoofed: TrustCheck | None = None
 
     @property
     def pending(self) -> bool:
@@ -206,7 +207,9 @@ class Stepper:
         judged = judge_fix(prev, self.fix, self.ping.mocked, self.settings.max_speed_kmh)
         if judged.last is not None:
             visit.state["f"] = judged.last.to_doc()
-        return visit if judged.failed is None else replace(visit, spoofed=judged.failed)
+        if judged.failed is None or not visit.pending:
+            return visit
+        return replace(visit, spoofed=judged.failed)
 
     def _step(self, doc: dict[str, Any] | None) -> Visit:
         ping, settings = self.ping, self.settings

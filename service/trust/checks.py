@@ -80,9 +80,7 @@ class Fix:
 
     @classmethod
     def from_doc(cls, doc: Sequence[Any] | None) -> Fix | None:
-        if not doc:
-            return None
-        return cls(float(doc[0]), float(doc[1]), float(doc[2]), float(doc[3]))
+        return cls(*doc) if doc else None
 
 
 def implied_speed_kmh(prev: Fix, cur: Fix) -> float:
