@@ -58,7 +58,7 @@ local function fix(s)
   return string.match(s, '^%[([^,]+),([^,]+),([^,]+),([^,%]]+)%]$')
 end
 local function keeps(prev, new)
-  local f = string.match(new, ',"f":(%b[])}$')
+  local f = string.match(new, ',"f":(%b[])')
   if not f then return true end
   local plat, plng, pts, pacc = fix(prev)
   local lat, lng, ts, acc = fix(f)
@@ -85,9 +85,10 @@ if ARGV[6] ~= '' then
   if cur then
     local t, rest = string.match(cur, '^{"t":([^,]+),"in":{}(.*)}$')
     if not t or tonumber(t) > tonumber(ARGV[6]) then return {1, cur} end
-    local prev = string.match(rest, '^,"f":(%b[])$')
+    local prev = string.match(rest, ',"f":(%b[])')
     if prev and keeps(prev, new) then
-      new = string.match(new, '^{"t":[^,]+,"in":{}') .. ',"f":' .. prev .. '}'
+      local kept, n = string.gsub(new, ',"f":%b[]', ',"f":' .. prev, 1)
+      new = n == 1 and kept or string.sub(new, 1, -2) .. ',"f":' .. prev .. '}'
     end
   end
 elseif (cur or '') ~= ARGV[1] then return {1, cur or ''} end

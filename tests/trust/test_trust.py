@@ -215,14 +215,17 @@ def _pairs(n: int) -> list[tuple[Fix, Fix | None]]:
     return pairs
 
 
-async def _kept_by_script(url: str, prefix: str, device: str, prev: Fix, new: Fix | None) -> Any:
+async def _kept_by_script(
+    url: str, prefix: str, device: str, prev: Fix, new: Fix | None, more: dict[str, Any]
+) -> Any:
     """The last accepted fix the state script keeps when a ping in no fence, at ``new``,
-    comes to a replica with no copy of the device, whose state holds ``prev``."""
+    comes to a replica with no copy of the device, whose state holds ``prev``; ``more``:
+    other fields of the state document, after the fix."""
     replica_a = RedisStateStore.from_url(url, prefix, 3600.0, 60)
     replica_b = RedisStateStore.from_url(url, prefix, 3600.0, 60)
-    before = {"t": prev.ts, "in": {}, "f": prev.to_doc()}
+    before = {"t": prev.ts, "in": {}, "f": prev.to_doc(), **more}
     ts = new.ts if new is not None else prev.ts + 1
-    idle = {"t": ts, "in": {}} | ({"f": new.to_doc()} if new else {})
+    idle = {"t": ts, "in": {}} | ({"f": new.to_doc()} if new else {}) | more
     seen: list[dict[str, Any] | None] = []
 
     def look(doc: dict[str, Any] | None) -> _Stepped:
@@ -237,8 +240,9 @@ async def _kept_by_script(url: str, prefix: str, device: str, prev: Fix, new: Fi
     finally:
         await replica_a.close()
         await replica_b.close()
-    assert seen[-1] is not None and seen[-1]["t"] == ts
-    return seen[-1]["f"]
+    stored = seen[-1]
+    assert stored is not None and stored["t"] == ts and stored | more == stored
+    return stored["f"]
 
 
 def test_the_state_scripts_idle_path_judges_fixes_as_judge_fix_does(
@@ -250,7 +254,8 @@ def test_the_state_scripts_idle_path_judges_fixes_as_judge_fix_does(
 
     async def main() -> None:
         for i, (prev, new) in enumerate(_pairs(200)):
-            kept = await _kept_by_script(redis_url, redis_prefix, f"judge-{i}", prev, new)
+            more = {"x": [1, {"y": "]"}]} if i % 50 == 0 else {}  # a field added later
+            kept = await _kept_by_script(redis_url, redis_prefix, f"judge-{i}", prev, new, more)
             assert Fix.from_doc(kept) == judge_fix(prev, new, False, limit).last, (prev, new)
 
     asyncio.run(main())
