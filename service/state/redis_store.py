@@ -47,7 +47,7 @@ from service.trust.checks import MAX_ACCURACY_ALLOWANCE_M
 # ('' = compare with the expected state; else any idle state (StateStore.process, idle_at)
 # at or before that ts will do), max speed m/s (DESIGN §11, for the idle path).
 # Returns {3} consent withdrawn | {0, first answer} | {1, current state or ''} |
-# {2, 1 if the device had no state else 0[, the state stored when not ARGV[2]]} stored.
+# {2, 1 if the device had no state else 0, the state stored when not ARGV[2] else ''} stored.
 #
 # The idle path's new state was stepped from no state, so its last accepted fix ("f",
 # service.trust.judge_fix) is the ping's own: the script judges it against the current
@@ -94,9 +94,10 @@ if ARGV[6] ~= '' then
 elseif (cur or '') ~= ARGV[1] then return {1, cur or ''} end
 if new ~= '' then redis.call('SET', KEYS[1], new, 'PX', ARGV[3]) end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
-if not cur then return {2, 1} end
-if new ~= ARGV[2] then return {2, 0, new} end
-return {2, 0}
+local stored = {2, 1, ''}
+if cur then stored[2] = 0 end
+if new ~= ARGV[2] then stored[3] = new end
+return stored
 """.replace("EARTH_RADIUS_M", repr(EARTH_RADIUS_M)).replace(
     "ACCURACY_CAP_M", repr(MAX_ACCURACY_ALLOWANCE_M)
 )
@@ -253,7 +254,7 @@ class RedisStateStore:
                     known = bytes(res[1])
                     self._remember(device_id, known)
                     continue
-                if len(res) > 2:  # the idle path kept the device's last accepted fix
+                if res[2]:  # the idle path kept the device's last accepted fix
                     new_raw = bytes(res[2])
                 self._remember(device_id, new_raw or known)
                 # A ping that started the device's state: its user's consent decides.
