@@ -130,11 +130,11 @@ async def _floor_script(doc: dict[str, Any]) -> None:
     tag = _FLOOR["device_prefix"](layout, doc["device_id"])
     inbox = layout.inbox_key(layout.partition(doc["device_id"]))
     keys = [f"{tag}:state", f"{tag}:ping:{doc['ping_id']}", f"{tag}:no_consent", inbox]
-    # Expected state '' and new state '' (keep), compared exactly, no event: the script's
-    # shortest path, one answer key written with the service's default TTL.
-    await _FLOOR["client"].evalsha(
-        _FLOOR["sha"], _FLOOR["script"], keys, [b"", b"", 3_600_000, _ECHO_BODY, 3600, b"", b"0"]
-    )
+    # Expected state '' and new state '' (keep), compared exactly, the default max speed
+    # (250 m/s, unused on this path), no event: the script's shortest path, one answer key
+    # written with the service's default TTL.
+    args = [b"", b"", 3_600_000, _ECHO_BODY, 3600, b"", b"250.0", b"0"]
+    await _FLOOR["client"].evalsha(_FLOOR["sha"], _FLOOR["script"], keys, args)
 
 
 # --- (c) FastAPI + pydantic + one PostGIS query per ping ------------------------------------

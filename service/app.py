@@ -49,6 +49,7 @@ from service.settings import Settings
 from service.state.base import StateUnavailable
 from service.state.memory import MemoryStateStore
 from service.state.redis_store import RedisStateStore
+from service.trust import MemoryTrustStore, RedisTrustStore, TrustChecker, TrustLimits, TrustStore
 from service.users.erasure import Eraser
 from service.users.repository import users_without_consent
 from service.users.router import router as users_router
@@ -90,7 +91,7 @@ class GeoOffersAPI(FastAPI):
 
 
 async def _offer_context(
-    settings: Settings, engine: Any, caps: Any
+    settings: Settings, engine: Any, caps: Any, trust: TrustChecker
 ) -> tuple[OfferContext, OfferPool | None]:
     """The offer path's database access: psycopg's async pool on PostgreSQL (facts in one
     prepared statement, issuance in group commits); SQLAlchemy in a thread on SQLite."""
@@ -99,7 +100,7 @@ async def _offer_context(
         committer = GroupCommitter(
             ThreadWriter(engine), settings.issue_max_batch, max_in_flight=1
         )  # SQLite has one writer at a time
-        return OfferContext(ThreadFacts(engine), caps, committer), None
+        return OfferContext(ThreadFacts(engine), caps, committer, trust), None
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         url,
         min_size=1,
@@ -111,7 +112,7 @@ async def _offer_context(
     lazy = OfferPool(pool)
     writer = PostgresWriter(lazy)
     committer = GroupCommitter(writer, settings.issue_max_batch, settings.issue_max_in_flight)
-    return OfferContext(PostgresFacts(lazy), caps, committer), lazy
+    return OfferContext(PostgresFacts(lazy), caps, committer, trust), lazy
 
 
 def install_observability(app: FastAPI, settings: Settings) -> None:
@@ -172,10 +173,13 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
             store = RedisStateStore.from_url(
                 settings.redis_url, settings.redis_prefix, settings.state_ttl_s,
                 settings.ping_answer_ttl_s, cluster=settings.redis_cluster,
-                partitions=settings.stream_partitions,
+                partitions=settings.stream_partitions, max_speed_kmh=settings.max_speed_kmh,
             )  # fmt: skip
             await store.start()
             caps = RedisCapStore.from_url(
+                settings.redis_url, settings.redis_prefix, cluster=settings.redis_cluster
+            )
+            trust: TrustStore = RedisTrustStore.from_url(
                 settings.redis_url, settings.redis_prefix, cluster=settings.redis_cluster
             )
         else:
@@ -183,6 +187,7 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
             inbox.start()
             store = MemoryStateStore(settings.state_ttl_s, settings.ping_answer_ttl_s, inbox=inbox)
             caps = MemoryCapStore()
+            trust = MemoryTrustStore()
         app.state.event_inbox = inbox
 
         async def keep_denials() -> bool:
@@ -204,9 +209,10 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
         app.state.campaign_holder = campaign_holder
         app.state.state_store = store
         app.state.cap_store = caps
-        offers, pool = await _offer_context(settings, engine, caps)
+        checker = TrustChecker(trust, TrustLimits.from_settings(settings))
+        offers, pool = await _offer_context(settings, engine, caps, checker)
         app.state.ping_context = PingContext(settings, holder, store, campaign_holder, offers)
-        eraser = app.state.eraser = Eraser(engine, store, caps)
+        eraser = app.state.eraser = Eraser(engine, store, caps, trust)
 
         async def resume_erasures() -> bool:
             await eraser.resume()
@@ -241,6 +247,7 @@ def create_app(settings: Settings | None = None) -> GeoOffersAPI:
                 await pool.close()
             await store.close()
             await caps.close()
+            await trust.close()
             engine.dispose()
 
     otel = settings.opentelemetry

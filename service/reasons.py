@@ -31,6 +31,9 @@ class Reason(StrEnum):
     OUTSIDE_SCHEDULE = "outside_schedule"
     QUIET_HOURS = "quiet_hours"
     TRIGGER_MISMATCH = "trigger_mismatch"
+    # Trust (DESIGN §11, a step-2 check) is judged only for campaigns that passed step 4,
+    # before any step that reads facts or counts caps: it ranks just above step 4's codes.
+    SUSPECTED_SPOOFING = "suspected_spoofing"
     AUDIENCE_NOT_INCLUDED = "audience_not_included"
     AUDIENCE_EXCLUDED = "audience_excluded"
     EXCEPTION_EVENT = "exception_event"
@@ -61,6 +64,11 @@ EXPLAINED: dict[Reason, tuple[int, str, str]] = {
     Reason.FUTURE_PING: (2, "ping", "the ping's time is ahead of the server clock (a 422)"),
     Reason.STATE_UNAVAILABLE: (2, "ping", "device state is unavailable: no events, no offer"),
     Reason.IN_PROGRESS: (2, "ping", "a retry of a ping whose decision is still running"),
+    Reason.SUSPECTED_SPOOFING: (
+        2,
+        "ping",
+        "a mocked location, an impossible jump, or a shared account or device",
+    ),
     Reason.NO_TRIGGER: (3, "fences", "no campaign's trigger fires on this ping's visits"),
     Reason.NO_CAMPAIGN: (3, "fences", "a store was entered but no campaign exists"),
     Reason.NOT_TARGETED: (4, "campaign", "the campaign does not target this store"),

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from service.reasons import ANSWER_REASONS, Reason
+from service.trust.checks import TrustCheck
 
 
 class PingIn(BaseModel):
@@ -24,6 +25,11 @@ class PingIn(BaseModel):
     ping_id: str | None = Field(default=None, min_length=1, max_length=128)
     speed_mps: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     channel: Literal["push", "in_app"] | None = None
+    mocked: bool = Field(
+        default=False,
+        description="The OS says the location is simulated (Android `Location.isMock()`, "
+        "iOS `sourceInformation.isSimulatedBySoftware`): no offer (`suspected_spoofing`).",
+    )
 
 
 class PingBatchIn(BaseModel):
@@ -67,13 +73,15 @@ class Offer(BaseModel):
 
 class CampaignDecision(BaseModel):
     """One campaign's reason on this ping (``explain=true``); ``cap`` names the cap that
-    refused, for ``capped`` and ``budget_exhausted``."""
+    refused, for ``capped`` and ``budget_exhausted``; ``check`` the trust check that
+    failed, for ``suspected_spoofing``."""
 
     model_config = ConfigDict(extra="forbid")
 
     campaign_id: str
     reason: Reason
     cap: str | None = None
+    check: TrustCheck | None = None
 
 
 # A Reason a 200 answer can carry (future_ping is a 422): the schema lists exactly those.

@@ -20,6 +20,10 @@ beyond the one state-store call:
   the furthest campaign reason (``campaign_paused``, ``not_targeted``, …) is the answer;
   otherwise the answer is provisional (``in_progress``, stored so that a retry arriving
   meanwhile waits instead of deciding twice) and the offer decision follows.
+- trust (DESIGN §11): the ping's fix is judged against the device's last accepted one,
+  kept in the state document (:func:`service.trust.judge_fix`); a mocked or impossible ping
+  moves the visits all the same, and its failed check goes to the offer decision, which
+  answers ``suspected_spoofing`` for the campaigns that check trust.
 - ``consent_denied``: the user withdrew location consent; the device's state is dropped.
 - ``state_unavailable``: the device-state backend is down; no events, no offer, still 200.
 
@@ -32,7 +36,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +62,7 @@ from service.offers.service import (
 from service.reasons import Reason
 from service.settings import Settings
 from service.state.base import ConsentDenied, Replayed, StateStore, StateUnavailable, Stored
+from service.trust.checks import Fix, TrustCheck, judge_fix
 
 log = logging.getLogger("geo_offers.locations")
 
@@ -117,6 +122,8 @@ class Visit:
     screen: Screen | None = None  # step 4's verdict, when some campaign's trigger fired
     #: The visit events to record with the step, in the state store's same atomic write.
     records: tuple[Event, ...] = ()
+    # The ping's own trust check that failed (DESIGN §11), for the offer decision (pending).
+    spoofed: TrustCheck | None = None
 
     @property
     def pending(self) -> bool:
@@ -159,7 +166,9 @@ class Stepper:
     """The state step of one ping (DESIGN §4 steps 2-4), run by the state store on the
     device's current state; it may run more than once (compare-and-set retries)."""
 
-    __slots__ = ("campaigns", "inaccurate", "index", "matches", "now", "pid", "ping", "settings")
+    __slots__ = (
+        "campaigns", "fix", "inaccurate", "index", "matches", "now", "pid", "ping", "settings",
+    )  # fmt: skip
 
     def __init__(
         self, ctx: PingContext, ping: PingIn, pid: str, campaigns: CampaignSet, now: float
@@ -174,6 +183,8 @@ class Stepper:
         self.index = index
         self.inaccurate = ping.accuracy_m > ctx.settings.max_accuracy_m
         self.matches = None if self.inaccurate else index.match(ping.lat, ping.lng)
+        ts = ping.timestamp.timestamp()
+        self.fix = None if self.inaccurate else Fix(ping.lat, ping.lng, ts, ping.accuracy_m)
 
     def _visit(
         self,
@@ -208,6 +219,21 @@ class Stepper:
         return tuple(out)
 
     def __call__(self, doc: dict[str, Any] | None) -> Visit:
+        """The visit step, then the trust step: the fix judged against the device's last
+        accepted one (``"f"`` in the state document, beside the visits), which it replaces
+        only when plausible."""
+        visit = self._step(doc)
+        if visit.state is None:  # nothing changes (out of order)
+            return visit
+        prev = Fix.from_doc(doc.get("f")) if doc is not None else None
+        judged = judge_fix(prev, self.fix, self.ping.mocked, self.settings.max_speed_kmh)
+        if judged.last is not None:
+            visit.state["f"] = judged.last.to_doc()
+        if judged.failed is None or not visit.pending:
+            return visit
+        return replace(visit, spoofed=judged.failed)
+
+    def _step(self, doc: dict[str, Any] | None) -> Visit:
         ping, settings = self.ping, self.settings
         ts = ping.timestamp.timestamp()
         state = DeviceState.from_doc(doc) if doc is not None else None
@@ -285,8 +311,10 @@ async def process_ping(
             return _answered(Reason(outcome.reason), outcome.answer)
         case Stored(result=visit) if visit.pending:
             assert visit.screen is not None
-            ref = PingRef(ping.device_id, user_key, pid, ping.channel)
-            decision = await _decide_and_issue(ctx, campaigns, ref, visit.screen, now)
+            ref = PingRef(ping.device_id, user_key, pid, ping.channel, ping.user_id)
+            decision = await _decide_and_issue(
+                ctx, campaigns, ref, visit.screen, now, visit.spoofed
+            )
             offer = decision.offer.to_doc() if decision.offer is not None else None
             final = answer_bytes(pid, visit.events, decision.reason, offer)
             try:
@@ -311,10 +339,15 @@ def _answered(reason: Reason, body: bytes) -> bytes:
 
 
 async def _decide_and_issue(
-    ctx: PingContext, campaigns: CampaignSet, ref: PingRef, screen: Screen, now: float
+    ctx: PingContext,
+    campaigns: CampaignSet,
+    ref: PingRef,
+    screen: Screen,
+    now: float,
+    spoofed: TrustCheck | None,
 ) -> Decision:
     when = datetime.fromtimestamp(now, UTC)
-    verdict = await decide(ctx.offers, campaigns, ref, screen, when)
+    verdict = await decide(ctx.offers, campaigns, ref, screen, when, spoofed)
     if isinstance(verdict, Decision):
         return verdict
     return await issue(ctx.offers, verdict, ref, ctx.holder.index, when)

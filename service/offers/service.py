@@ -6,6 +6,9 @@ Steps 1-4 are decided before any I/O: consent and the ping's own checks by the p
 pipeline (:mod:`service.locations.service`), step 4 by
 :meth:`service.campaigns.live.CampaignSet.screen`. Here, per candidate campaign:
 
+2. trust (DESIGN §11), for campaigns that do not opt out: ``suspected_spoofing`` when the
+   ping's own checks failed (mocked, impossible travel: judged in its state step) or the
+   device and user id are shared too widely (counted here, :class:`TrustChecker`);
 5. audience: ``audience_not_included``, ``audience_excluded``;
 6. exception events: ``exception_event``;
 7-9. rollout first (``not_in_rollout``: a user outside a campaign's rollout must not use up
@@ -43,6 +46,7 @@ from service.metrics import observe_cap_rejection, observe_offer
 from service.offers.issuance import Exposure, GroupCommitter, Issuance, IssuanceFailed
 from service.offers.pool import OfferPool
 from service.reasons import Reason, furthest
+from service.trust.checks import TrustCheck, TrustChecker, TrustUnavailable, count_failure
 from service.users.repository import FACTS_SQL, Facts, facts_from_rows
 from service.users.service import load_facts_inputs
 
@@ -101,6 +105,7 @@ class OfferContext:
     facts: FactsReader
     caps: CapStore
     committer: GroupCommitter
+    trust: TrustChecker
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,7 @@ class PingRef:
     user_key: str  # user_id, else device_id
     ping_key: str
     channel: str | None
+    user_id: str | None = None  # as sent (the sharing checks need one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +209,11 @@ async def decide(
     ping: PingRef,
     screen: Screen,
     now: datetime,
+    spoofed: TrustCheck | None = None,
 ) -> Verdict | Decision:
-    """Steps 5-10 for the candidates of ``screen`` (at least one): a :class:`Verdict` to
-    issue, or the :class:`Decision` when no campaign got that far."""
+    """Trust and steps 5-10 for the candidates of ``screen`` (at least one): a
+    :class:`Verdict` to issue, or the :class:`Decision` when no campaign got that far.
+    ``spoofed``: the ping's own trust check that failed, if any."""
     reasons = dict(screen.reasons)
     extra: dict[str, dict[str, Any]] = {}
     user_key = ping.user_key
@@ -218,9 +226,10 @@ async def decide(
         return _no_offer(reasons, extra)
     if attrs.get("location_consent") is False:
         return Decision(Reason.CONSENT_DENIED, None, [])
+    candidates = await _trusted(ctx, ping, screen.candidates, now, spoofed, reasons, extra)
     facts = rules.derive_facts(attrs, events, now)
     eligible: dict[LiveCampaign, VisitTrigger] = {}
-    for lc, t in screen.candidates:
+    for lc, t in candidates:
         c = lc.campaign
         r = rules.audience_reason(c.audience, facts) or rules.exception_reason(
             c.exceptions, events, now
@@ -274,6 +283,41 @@ async def decide(
     if pick is None:
         return _no_offer(reasons, extra)
     return Verdict(pick, attrs, reasons, extra)
+
+
+async def _trusted(
+    ctx: OfferContext,
+    ping: PingRef,
+    candidates: Sequence[tuple[LiveCampaign, VisitTrigger]],
+    now: datetime,
+    spoofed: TrustCheck | None,
+    reasons: dict[str, Reason],
+    extra: dict[str, dict[str, Any]],
+) -> list[tuple[LiveCampaign, VisitTrigger]]:
+    """The candidates trust leaves (DESIGN §11): all, unless a check fails — then only the
+    campaigns that opt out (``trust_checks: false``). The sharing counts are read and
+    recorded only when the ping's own checks passed and some campaign checks trust."""
+    opted_out = [(lc, t) for lc, t in candidates if not lc.campaign.trust_checks]
+    if len(opted_out) == len(candidates):
+        return opted_out
+    failed = spoofed
+    if failed is None and ping.user_id is not None:
+        try:
+            failed = await ctx.trust.sharing(ping.device_id, ping.user_id, now.timestamp())
+        except TrustUnavailable:
+            log.warning("trust store unavailable: no offer from campaigns that check trust")
+            for lc, _ in candidates:
+                if lc.campaign.trust_checks:
+                    reasons[lc.id] = Reason.UNAVAILABLE
+            return opted_out
+    if failed is None:
+        return list(candidates)
+    count_failure(failed)
+    for lc, _ in candidates:
+        if lc.campaign.trust_checks:
+            reasons[lc.id] = Reason.SUSPECTED_SPOOFING
+            extra[lc.id] = {"check": failed}
+    return opted_out
 
 
 async def issue(

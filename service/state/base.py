@@ -118,11 +118,14 @@ class StateStore(Protocol):
 
         ``idle_at``: the caller's promise that ``step`` gives the same result for every
         *idle* state — one that lists no visit (``"in"`` empty) and whose last ping (``"t"``)
-        is not after ``idle_at`` — as for no state at all; true of a ping that matches no
-        fence or is too inaccurate to match. A store may then run ``step(None)`` and store
-        its result once it has seen that the current state is idle, without reading the
-        state first; the answer is the same with or without it. State documents are
-        ``{"t": <epoch s>, "in": {...}}`` (:meth:`geofences.visits.DeviceState.to_doc`).
+        is not after ``idle_at`` — as for no state at all, but for the device's last accepted
+        fix; true of a ping that matches no fence or is too inaccurate to match. A store may
+        then run ``step(None)`` and store its result once it has seen that the current state
+        is idle, without reading the state first, judging the fix itself
+        (:func:`service.trust.judge_fix`: the current one stays unless the ping's is there
+        and plausible from it); the answer is the same with or without it. State documents
+        are ``{"t": <epoch s>, "in": {...}}`` (:meth:`geofences.visits.DeviceState.to_doc`)
+        and, once the device has an accepted fix, ``"f": [lat, lng, ts, accuracy_m]``.
         """
         ...
 

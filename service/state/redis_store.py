@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
+from geofences.sphere import EARTH_RADIUS_M
 from service.events.streams import INBOX_XADD_LUA, StreamLayout, inbox_args
 from service.settings import Settings
 from service.state.base import (
@@ -43,40 +44,79 @@ from service.state.base import (
     encode_answer,
 )
 from service.state.resp import LeanRedis, lean_client_supported
+from service.trust.checks import MAX_ACCURACY_ALLOWANCE_M
 
 # KEYS: state, answer, consent flag, the partition's inbox stream. ARGV: expected state
 # ('' = none), new state ('' = keep), state ttl ms, answer
 # (service.state.base.encode_answer), answer ttl s, idle ts ('' = compare with the expected
 # state; else any idle state (StateStore.process, idle_at) at or before that ts will do),
-# then the step's events (service.events.streams.inbox_args; '0' when none).
+# max speed m/s (DESIGN §11, for the idle path), then the step's events
+# (service.events.streams.inbox_args; '0' when none).
 # Returns {3} consent withdrawn | {0, first answer} | {1, current state or ''} |
-# {2, 1 if the device had no state else 0, inbox entry id…} stored.
+# {2, 1 if the device had no state else 0, the state stored when not ARGV[2] else '',
+#  inbox entry id…} stored.
+#
+# The idle path's new state was stepped from no state, so its last accepted fix ("f",
+# service.trust.judge_fix) is the ping's own: the script judges it against the current
+# state's, with the same rule and distance (geofences.sphere_distance_m), and keeps the
+# current one when the ping's is missing (mocked, too imprecise) or implausible.
 _CAS = (
     INBOX_XADD_LUA
     + """
+local function fix(s)
+  return string.match(s, '^%[([^,]+),([^,]+),([^,]+),([^,%]]+)%]$')
+end
+local function keeps(prev, new)
+  local f = string.match(new, ',"f":(%b[])')
+  if not f then return true end
+  local plat, plng, pts, pacc = fix(prev)
+  local lat, lng, ts, acc = fix(f)
+  plat, plng, pts, pacc = tonumber(plat), tonumber(plng), tonumber(pts), tonumber(pacc)
+  lat, lng, ts, acc = tonumber(lat), tonumber(lng), tonumber(ts), tonumber(acc)
+  local r = math.pi / 180
+  local slat, elat, dlng = plat * r, lat * r, (lng - plng) * r
+  local cs, ss, ce, se, cd = math.cos(slat), math.sin(slat), math.cos(elat), math.sin(elat),
+    math.cos(dlng)
+  local a1, a2 = (ce * math.sin(dlng)) ^ 2, (cs * se - ss * ce * cd) ^ 2
+  local b = ss * se + cs * ce * cd
+  local moved = EARTH_RADIUS_M * math.atan2(math.sqrt(a1 + a2), b)
+    - math.min(acc, ACCURACY_CAP_M) - math.min(pacc, ACCURACY_CAP_M)
+  if moved <= 0 then return false end
+  local dt = math.abs(ts - pts)
+  return dt == 0 or moved / dt > tonumber(ARGV[7])
+end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {3} end
 local first = redis.call('GET', KEYS[2])
 if first then return {0, first} end
 local cur = redis.call('GET', KEYS[1])
+local new = ARGV[2]
 if ARGV[6] ~= '' then
   if cur then
-    local t = string.sub(cur, 1, 5) == '{"t":' and string.sub(cur, -9) == ',"in":{}}'
-      and tonumber(string.sub(cur, 6, -10))
-    if not t or t > tonumber(ARGV[6]) then return {1, cur} end
+    local t, rest = string.match(cur, '^{"t":([^,]+),"in":{}(.*)}$')
+    if not t or tonumber(t) > tonumber(ARGV[6]) then return {1, cur} end
+    local prev = string.match(rest, ',"f":(%b[])')
+    if prev and keeps(prev, new) then
+      local kept, n = string.gsub(new, ',"f":%b[]', ',"f":' .. prev, 1)
+      new = n == 1 and kept or string.sub(new, 1, -2) .. ',"f":' .. prev .. '}'
+    end
   end
 elseif (cur or '') ~= ARGV[1] then return {1, cur or ''} end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+if new ~= '' then redis.call('SET', KEYS[1], new, 'PX', ARGV[3]) end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
-local stored = {2, 1}
+local stored = {2, 1, ''}
 if cur then stored[2] = 0 end
-if ARGV[7] ~= '0' then add_events(KEYS[4], 7, stored) end
+if new ~= ARGV[2] then stored[3] = new end
+if ARGV[8] ~= '0' then add_events(KEYS[4], 8, stored) end
 return stored
-"""
+""".replace("EARTH_RADIUS_M", repr(EARTH_RADIUS_M)).replace(
+        "ACCURACY_CAP_M", repr(MAX_ACCURACY_ALLOWANCE_M)
+    )
 )
 _CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()
 
-#: How a state with no visit ends, as the service writes it (the script checks the same).
-_NO_VISIT = b',"in":{}}'
+#: What follows "t" in a state with no visit, as the service writes it (the script checks
+#: the same).
+_NO_VISIT = b',"in":{}'
 #: The script's events argument of a step with no event.
 _NO_EVENTS = [b"0"]
 MAX_ATTEMPTS = 50
@@ -139,17 +179,20 @@ class RedisStateStore:
         answer_ttl_s: int,
         lean: LeanRedis | None = None,
         partitions: int = Settings.model_fields["stream_partitions"].default,
+        max_speed_kmh: float = Settings.model_fields["max_speed_kmh"].default,
     ) -> None:
         """``lean``, when given, carries the ping path's commands (the compare-and-set and
         the first-ping consent check); ``client`` (redis-py) carries everything else.
         ``partitions``: the event streams' (``stream_partitions``), whose tags the device
-        keys carry."""
+        keys carry. ``max_speed_kmh``: the trust setting the script judges idle pings'
+        fixes with."""
         self._r = client
         self._lean = lean
         self._prefix = prefix
         self._layout = StreamLayout(prefix, partitions)
         self._state_ttl_ms = int(state_ttl_s * 1000)
         self._answer_ttl_s = answer_ttl_s
+        self._max_speed_mps = repr(max_speed_kmh / 3.6)
         self._cas_script = _CAS.encode()
         self._cas = client.register_script(_CAS)  # redis-py's EVALSHA with a NOSCRIPT retry
         self._known = _Copies(CACHE_MAX)
@@ -166,6 +209,7 @@ class RedisStateStore:
         answer_ttl_s: int,
         cluster: bool = False,
         partitions: int = Settings.model_fields["stream_partitions"].default,
+        max_speed_kmh: float = Settings.model_fields["max_speed_kmh"].default,
     ) -> RedisStateStore:
         client: Any
         if cluster:
@@ -175,7 +219,7 @@ class RedisStateStore:
                 url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
             )
         lean = LeanRedis(url) if lean_client_supported(url, cluster) else None
-        return cls(client, prefix, state_ttl_s, answer_ttl_s, lean, partitions)
+        return cls(client, prefix, state_ttl_s, answer_ttl_s, lean, partitions, max_speed_kmh)
 
     async def _script(self, keys: list[Any], args: list[Any]) -> Any:
         if self._lean is not None:
@@ -216,7 +260,7 @@ class RedisStateStore:
         state_key, answer_key = f"{tag}:state", f"{tag}:ping:{ping_key}"
         keys = [state_key, answer_key, f"{tag}:no_consent", self._inbox(device_id)]
         known = self._known.get(device_id, b"")
-        if idle_at is not None and known and not known.endswith(_NO_VISIT):
+        if idle_at is not None and known and not known.startswith(_NO_VISIT, known.find(b",")):
             idle_at = None  # this replica saw a visit last: the step on its copy is likelier right
         # A device this replica has no copy of may be new: its user's consent flag is read,
         # and the device linked to the user, in the same round trip as the script.
@@ -233,7 +277,8 @@ class RedisStateStore:
                     idle_ts = ""
                 new_raw = orjson.dumps(result.state) if result.state is not None else b""
                 answer = encode_answer(result.reason, result.answer, result.pending)
-                args = [known, new_raw, self._state_ttl_ms, answer, self._answer_ttl_s, idle_ts]
+                args = [known, new_raw, self._state_ttl_ms, answer, self._answer_ttl_s, idle_ts,
+                        self._max_speed_mps]  # fmt: skip
                 args += inbox_args(result.records) if result.records else _NO_EVENTS
                 res, admitted = await self._call(keys, args, admit, device_id)
                 if admitted is not None:
@@ -247,13 +292,15 @@ class RedisStateStore:
                     known = bytes(res[1])
                     self._remember(device_id, known)
                     continue
+                if res[2]:  # the idle path kept the device's last accepted fix
+                    new_raw = bytes(res[2])
                 self._remember(device_id, new_raw or known)
                 # A ping that started the device's state: its user's consent decides.
                 if user_key is not None and res[1] == 1 and new_raw:
                     if denied is None:
                         denied = not await self._admit(user_key, device_id)
                     if denied:
-                        await self._undo(device_id, state_key, answer_key, res[2:])
+                        await self._undo(device_id, state_key, answer_key, res[3:])
                         return ConsentDenied()
                 return Stored(result)
         except RedisError as exc:

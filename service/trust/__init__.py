@@ -1,34 +1,35 @@
 """Trust checks (DESIGN §11): mocked locations, impossible travel, shared accounts/devices."""
 
 from service.trust.checks import (
-    REASON,
     Fix,
-    Observation,
+    FixVerdict,
+    Sharing,
     TrustCheck,
     TrustChecker,
     TrustLimits,
-    TrustPing,
     TrustStore,
-    TrustVerdict,
+    TrustUnavailable,
+    count_failure,
     implied_speed_kmh,
-    judge,
+    judge_fix,
+    judge_sharing,
 )
 from service.trust.memory import MemoryTrustStore
-from service.trust.redis_trust import RedisTrustStore, ScriptCall
+from service.trust.redis_trust import RedisTrustStore
 
 __all__ = [
-    "REASON",
     "Fix",
+    "FixVerdict",
     "MemoryTrustStore",
-    "Observation",
     "RedisTrustStore",
-    "ScriptCall",
+    "Sharing",
     "TrustCheck",
     "TrustChecker",
     "TrustLimits",
-    "TrustPing",
     "TrustStore",
-    "TrustVerdict",
+    "TrustUnavailable",
+    "count_failure",
     "implied_speed_kmh",
-    "judge",
+    "judge_fix",
+    "judge_sharing",
 ]

@@ -1,23 +1,24 @@
 """Trust checks (DESIGN §11): a spoofed location must not earn a coupon.
 
-Four checks, judged in this order; the first that fails names the verdict:
+Four checks; the first that fails names the verdict (reason ``suspected_spoofing``, the
+check in ``explain``), for every campaign that does not opt out:
 
 - ``mocked_location``: the ping says ``mocked: true`` (Android ``isMock()``, iOS
   ``isSimulatedBySoftware``);
 - ``impossible_travel``: the speed from the device's last *accepted* fix is above
-  ``max_speed_kmh`` (900). A refused ping is not accepted, so the device stays refused until
-  it pings plausibly relative to its last accepted fix again. Both fixes' accuracy radii are
-  allowed for (at most 1 km each), so GPS jitter between two close pings is no jump;
-- ``devices_per_user``: more than ``max_devices_per_user`` (5) devices sent this user id in
+  ``max_speed_kmh`` (900). A refused or mocked fix is not accepted, so the device stays
+  refused until it pings plausibly relative to its last accepted fix again. Both fixes'
+  accuracy radii are allowed for (at most 1 km each), so GPS jitter between two close
+  pings is no jump;
+- ``devices_per_user``: more than ``max_devices_per_user`` (5) devices of this user id in
   ``window_s`` (7 days);
 - ``users_per_device``: more than ``max_users_per_device`` (5) user ids on this device in
   the window.
 
-A failed verdict means reason ``suspected_spoofing`` for every campaign that does not opt
-out, with the check named in ``explain``; the device's visits are still recorded. Every
-ping with a usable fix goes through :meth:`TrustChecker.check` (so the last accepted fix is
-always the device's real previous one), at the cost of one Redis round trip that the ping
-path may pipeline with its own script.
+The first two are judged by :func:`judge_fix` inside the device's state step: the last
+accepted fix is part of the device-state document, so they cost no I/O. The sharing
+checks are counted by a :class:`TrustStore` at the offer moment (a campaign passed step 4),
+the only pings whose devices and users they count.
 
 >>> a = Fix(lat=40.7128, lng=-74.0060, ts=0.0, accuracy_m=10)   # New York
 >>> b = Fix(lat=34.0522, lng=-118.2437, ts=60.0, accuracy_m=10)  # Los Angeles, a minute on
@@ -31,7 +32,8 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -39,11 +41,8 @@ from prometheus_client import Counter
 
 from geofences import sphere_distance_m
 
-REASON = "suspected_spoofing"
 #: Accuracy radii above this are not allowed for in the travel check (no free pass).
 MAX_ACCURACY_ALLOWANCE_M = 1000.0
-#: Half the Earth's circumference on the sphere: no two fixes are further apart.
-MAX_DISTANCE_M = math.pi * 6_371_008.7714
 
 TRUST_FAILURES = Counter(
     "geo_offers_trust_suspected_total",
@@ -63,12 +62,25 @@ for _check in TrustCheck:  # every check shows on /metrics from the start, at 0
     TRUST_FAILURES.labels(_check.value)
 
 
+def count_failure(check: TrustCheck) -> None:
+    """One ping refused an offer by ``check`` (``/metrics``)."""
+    TRUST_FAILURES.labels(check.value).inc()
+
+
 @dataclass(frozen=True, slots=True)
 class Fix:
     lat: float
     lng: float
     ts: float  # the ping's own timestamp, epoch seconds
     accuracy_m: float
+
+    def to_doc(self) -> list[float]:
+        """As kept in the device-state document: ``[lat, lng, ts, accuracy_m]``."""
+        return [self.lat, self.lng, self.ts, self.accuracy_m]
+
+    @classmethod
+    def from_doc(cls, doc: Sequence[Any] | None) -> Fix | None:
+        return cls(*doc) if doc else None
 
 
 def implied_speed_kmh(prev: Fix, cur: Fix) -> float:
@@ -85,20 +97,10 @@ def implied_speed_kmh(prev: Fix, cur: Fix) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class TrustPing:
-    """What the checks need of one ping. ``now``: the server's clock (epoch s), which the
-    sharing windows use (a device's clock may lie)."""
-
-    device_id: str
-    user_id: str | None
-    fix: Fix
-    now: float
-    mocked: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class TrustLimits:
-    max_speed_kmh: float = 900.0
+    """The sharing checks' limits (the travel check's is ``max_speed_kmh``, a setting the
+    state step reads)."""
+
     max_devices_per_user: int = 5
     max_users_per_device: int = 5
     window_s: float = 7 * 86_400.0
@@ -106,81 +108,78 @@ class TrustLimits:
     @classmethod
     def from_settings(cls, settings: Any) -> TrustLimits:
         return cls(
-            max_speed_kmh=settings.max_speed_kmh,
             max_devices_per_user=settings.trust_max_devices_per_user,
             max_users_per_device=settings.trust_max_users_per_device,
             window_s=settings.trust_sharing_window_s,
         )
 
-    @property
-    def fix_ttl_s(self) -> float:
-        """After this long any jump is possible at ``max_speed_kmh``: the last fix may go."""
-        return MAX_DISTANCE_M / (self.max_speed_kmh / 3.6)
+
+@dataclass(frozen=True, slots=True)
+class FixVerdict:
+    """One ping's fix judged against the device's last accepted one."""
+
+    failed: TrustCheck | None  # mocked_location, impossible_travel, or None
+    last: Fix | None  # the device's last accepted fix after this ping
+
+
+def judge_fix(prev: Fix | None, fix: Fix | None, mocked: bool, max_speed_kmh: float) -> FixVerdict:
+    """``fix`` is None for a ping too imprecise to judge (it is neither refused nor kept).
+
+    >>> ny, la = Fix(40.7128, -74.0060, 0.0, 10), Fix(34.0522, -118.2437, 60.0, 10)
+    >>> judge_fix(ny, la, False, 900).failed
+    <TrustCheck.impossible_travel: 'impossible_travel'>
+    >>> judge_fix(ny, la, False, 900).last == ny  # a refused fix is not the last accepted one
+    True
+    """
+    if mocked:
+        return FixVerdict(TrustCheck.mocked_location, prev)
+    if fix is None:
+        return FixVerdict(None, prev)
+    if prev is not None and implied_speed_kmh(prev, fix) > max_speed_kmh:
+        return FixVerdict(TrustCheck.impossible_travel, prev)
+    return FixVerdict(None, fix)
 
 
 @dataclass(frozen=True, slots=True)
-class Observation:
-    """What a store saw when it recorded a ping (atomically)."""
+class Sharing:
+    """What a store counted when it recorded a device and a user id together."""
 
-    previous: Fix | None  # the device's last accepted fix before this ping
-    travel_ok: bool  # the move from it is plausible (or there was none)
-    speed_kmh: float | None
-    devices_of_user: int  # distinct devices of the ping's user id in the window (0: none)
-    users_of_device: int  # distinct user ids on the ping's device in the window
+    devices_of_user: int  # distinct devices of the user id in the window
+    users_of_device: int  # distinct user ids on the device in the window
 
 
-@dataclass(frozen=True, slots=True)
-class TrustVerdict:
-    failed: TrustCheck | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.failed is None
-
-    def explain(self) -> dict[str, Any]:
-        """For ``?explain=true``: ``{"check": …, …}`` of a failed verdict, else ``{}``."""
-        return {} if self.failed is None else {"check": self.failed.value, **self.detail}
-
-
-OK = TrustVerdict()
-
-
-def judge(ping: TrustPing, seen: Observation, limits: TrustLimits) -> TrustVerdict:
-    if ping.mocked:
-        return TrustVerdict(TrustCheck.mocked_location)
-    if not seen.travel_ok:
-        speed = seen.speed_kmh
-        detail = {"speed_kmh": None if speed is None or math.isinf(speed) else round(speed)}
-        return TrustVerdict(TrustCheck.impossible_travel, detail)
+def judge_sharing(seen: Sharing, limits: TrustLimits) -> TrustCheck | None:
     if seen.devices_of_user > limits.max_devices_per_user:
-        return TrustVerdict(TrustCheck.devices_per_user, {"devices": seen.devices_of_user})
+        return TrustCheck.devices_per_user
     if seen.users_of_device > limits.max_users_per_device:
-        return TrustVerdict(TrustCheck.users_per_device, {"users": seen.users_of_device})
-    return OK
+        return TrustCheck.users_per_device
+    return None
+
+
+class TrustUnavailable(Exception):
+    """The sharing counts cannot be read: campaigns that check trust fail closed."""
 
 
 class TrustStore(Protocol):
-    async def observe(self, ping: TrustPing, limits: TrustLimits) -> Observation:
-        """Record ``ping`` and say what was seen, atomically per device and per user: the
-        fix becomes the device's last accepted one only if it is plausible and not mocked;
-        the device and the user id are counted in each other's sharing window."""
+    async def observe(self, device_id: str, user_id: str, now: float, window_s: float) -> Sharing:
+        """Record that ``device_id`` sent ``user_id`` at ``now`` (server clock, epoch s) and
+        count both sides within ``window_s``; each side atomic (raises TrustUnavailable)."""
         ...
 
-    async def forget_user(self, user_id: str, device_ids: list[str]) -> None: ...
+    async def forget_user(self, user_id: str, device_ids: list[str]) -> None:
+        """Erasure: the user's devices, and the user ids seen on those devices."""
+        ...
 
     async def close(self) -> None: ...
 
 
 class TrustChecker:
-    """What the ping pipeline calls: ``verdict = await checker.check(ping)``."""
+    """The offer moment's sharing check: ``await checker.sharing(device, user, now)``."""
 
     def __init__(self, store: TrustStore, limits: TrustLimits) -> None:
         self.store = store
         self.limits = limits
 
-    async def check(self, ping: TrustPing) -> TrustVerdict:
-        verdict = judge(ping, await self.store.observe(ping, self.limits), self.limits)
-        if verdict.failed is not None:
-            TRUST_FAILURES.labels(verdict.failed.value).inc()
-        return verdict
+    async def sharing(self, device_id: str, user_id: str, now: float) -> TrustCheck | None:
+        seen = await self.store.observe(device_id, user_id, now, self.limits.window_s)
+        return judge_sharing(seen, self.limits)

@@ -1,5 +1,6 @@
 """Erasure of a user's personal data: all of it, or what the database holds at once and the
-rest (device state and cap history in Redis) by itself as soon as Redis answers again.
+rest (device state, cap history and trust counts in Redis) by itself as soon as Redis answers
+again.
 
 The database is the durable record: the rows are erased and the erasure is recorded
 ``pending`` in one transaction, before any Redis step. Every Redis step is idempotent and
@@ -23,12 +24,13 @@ from sqlalchemy import Engine
 from service.caps.base import CapStore, CapUnavailable
 from service.events import log as event_log
 from service.state.base import StateStore, StateUnavailable
+from service.trust.checks import TrustStore, TrustUnavailable
 from service.users import repository as repo
 
 log = logging.getLogger("geo_offers.erasure")
 
 #: The steps that may fail while Redis is down; anything else is a bug.
-UNAVAILABLE = (StateUnavailable, CapUnavailable)
+UNAVAILABLE = (StateUnavailable, CapUnavailable, TrustUnavailable)
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,17 @@ class Eraser:
     """Erases users across the database and the device-state and cap stores."""
 
     def __init__(
-        self, engine: Engine, state: StateStore, caps: CapStore, lease_s: float = 60.0
+        self,
+        engine: Engine,
+        state: StateStore,
+        caps: CapStore,
+        trust: TrustStore,
+        lease_s: float = 60.0,
     ) -> None:
         self.engine = engine
         self.state = state
         self.caps = caps
+        self.trust = trust
         self.lease_s = lease_s
 
     async def erase(self, user_id: str) -> ErasureOutcome:
@@ -136,6 +144,7 @@ class Eraser:
         for device_id in sorted({*devices, *linked, user_id}):
             await self.state.forget(device_id)
         await self.caps.forget_user(user_id)
+        await self.trust.forget_user(user_id, sorted({*devices, *linked}))
         await self.state.allow(user_id)  # consent flags: an erased user has no attributes
         await self.state.unlink(user_id)
         return linked

@@ -13,8 +13,10 @@ from sqlalchemy import text
 
 from service.app import create_app
 from service.auth import Role, create_key, revoke_key
+from service.reasons import EXPLAINED, Reason
 from service.settings import Settings
 from tests.console.conftest import Api, admin_key, csrf_of, sign_in, sign_in_form
+from tests.helpers import ago, iso
 from tests.service.conftest import _make_api
 
 MARKUP_NAME = '<img src=x onerror="window.pwned=1">Evil & Co'
@@ -373,3 +375,23 @@ def test_a_running_check_reports_its_progress(tmp_path: Path) -> None:
         assert any(0 < d <= len(body) for d in seen), (seen[:20], waited, result["seconds"])
         moving = [d for d in seen if d]  # 0 again once the check is over (SQLite: no copy)
         assert moving == sorted(moving), "progress only moves forward"
+
+
+def test_why_page_explains_a_suspected_spoofing(any_api: Api) -> None:
+    stores = b"store_id,name,lat,lng,radius_m\nfl,Flatiron,40.74172,-73.98964,50\n"
+    import_file(any_api, "geofences", "s.csv", stores)
+    import_file(any_api, "campaigns", "c.yaml", CAMPAIGNS)
+    # The device was in Los Angeles a minute ago: New York now is an impossible jump.
+    ping = {"device_id": "jumper", "lat": 34.0522, "lng": -118.2437, "accuracy_m": 5,
+            "timestamp": iso(ago(60))}  # fmt: skip
+    r = any_api.client.post("/v1/locations", json=ping, headers=any_api.sdk)
+    assert r.status_code == 200, r.text
+    csrf = sign_in(any_api)
+    form = {"csrf": csrf, "device_id": "jumper", "lat": "40.74172", "lng": "-73.98964"}
+    r = any_api.client.post("/console/why", data=form)
+    assert r.status_code == 200, r.text
+    step, name, words = EXPLAINED[Reason.SUSPECTED_SPOOFING]
+    assert f'<span class="reason ">{Reason.SUSPECTED_SPOOFING}</span>' in r.text
+    assert f'{words.capitalize()} <span class="muted">(step {step}: {name})</span>.' in r.text
+    row = r.text[r.text.index("<code>suspected_spoofing</code>") :].split("</tr>")[0]
+    assert "impossible_travel" in row and words in row

@@ -19,6 +19,7 @@ from service.events import log as event_log
 from service.events.types import EventType
 from service.settings import Settings
 from service.state.redis_store import RedisStateStore
+from service.trust import RedisTrustStore
 from service.users import repository as repo
 from service.users.erasure import Eraser
 from tests.service.conftest import Api, _make_api
@@ -31,11 +32,12 @@ def api(pg_settings: Settings) -> Iterator[Api]:
     yield from _make_api(pg_settings.model_copy(update={"erasure_retry_s": 3600.0}))
 
 
-def _stores(settings: Settings) -> tuple[RedisStateStore, RedisCapStore]:
+def _stores(settings: Settings) -> tuple[RedisStateStore, RedisCapStore, RedisTrustStore]:
     assert settings.redis_url
     state = RedisStateStore.from_url(settings.redis_url, settings.redis_prefix, 3600, 3600)
     caps = RedisCapStore.from_url(settings.redis_url, settings.redis_prefix)
-    return state, caps
+    trust = RedisTrustStore.from_url(settings.redis_url, settings.redis_prefix)
+    return state, caps, trust
 
 
 def _keys(settings: Settings, needle: str) -> list[str]:
@@ -57,13 +59,13 @@ def test_an_erasure_killed_after_its_database_part_is_finished_by_another_replic
 
     async def scenario() -> None:
         engine: Engine = make_engine(api.settings)
-        state, caps = _stores(api.settings)
+        state, caps, trust = _stores(api.settings)
         try:
             # Replica A: the database part commits, then A is SIGKILLed (no Redis step ran).
-            dying = Eraser(engine, state, caps, lease_s=0.5)
+            dying = Eraser(engine, state, caps, trust, lease_s=0.5)
             await asyncio.to_thread(dying._begin, "kim")
             # Replica B: the lease keeps it off A's erasure while A might still be at work...
-            other = Eraser(engine, state, caps, lease_s=30)
+            other = Eraser(engine, state, caps, trust, lease_s=30)
             assert await other.resume() == 0
             assert _keys(api.settings, "kim-phone")
             assert await asyncio.to_thread(other.pending) == 1
@@ -74,6 +76,7 @@ def test_an_erasure_killed_after_its_database_part_is_finished_by_another_replic
         finally:
             await state.close()
             await caps.close()
+            await trust.close()
             engine.dispose()
 
     asyncio.run(scenario())

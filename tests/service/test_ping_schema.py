@@ -194,6 +194,10 @@ def test_every_reason_through_the_lane_matches_the_published_schema(
     )
     explained = ping("issued", explain=True)
     assert explained["offer"] is not None and explained["decisions"]
+    spoofed = ping("issued", explain=True, mocked=True)
+    assert spoofed["reason"] == Reason.SUSPECTED_SPOOFING
+    assert {"campaign_id": "issued", "reason": Reason.SUSPECTED_SPOOFING,
+            "check": "mocked_location"} in spoofed["decisions"]  # fmt: skip
 
     # A retry of a ping whose decision is still running (here: never finishes).
     pid = "p-running"
