@@ -140,24 +140,43 @@ def record_arrived(conn: Connection, events: Sequence[Event]) -> int:
     already: one whose user has been erased since is recorded redacted (as
     :func:`redact_user` leaves the others); one whose user has withdrawn location consent is
     not recorded (nor exported) at all. Returns the number of events left out."""
+    kept = admit_arrived(conn, events)
+    record(conn, kept)
+    return len(events) - len(kept)
+
+
+def admit_arrived(conn: Connection, events: Sequence[Event]) -> list[Event]:
+    """The checks of :func:`record_arrived`: ``events`` as they may be recorded (or
+    exported) now, those of erased users redacted, those of users without consent left out.
+    An event that needs no change is returned as the same object."""
     users = {str(e.data["user_id"]) for e in events if e.data.get("user_id") is not None}
-    left_out = 0
-    if users:
-        denied = without_consent(conn, users)
-        if denied:
-            kept = [e for e in events if e.data.get("user_id") not in denied]
-            left_out, events = len(events) - len(kept), kept
-        hashes = {user_hash(u): u for u in users}
-        found = conn.execute(
-            select(ERASURES.c.user_hash, ERASURES.c.requested_at).where(
-                ERASURES.c.user_hash.in_(list(hashes))
-            )
-        ).all()
-        erased = {hashes[h]: aware(at) for h, at in found}
-        if erased:
-            events = [_redacted(e) if _erased_after(e, erased) else e for e in events]
-    record(conn, events)
-    return left_out
+    if not users:
+        return list(events)
+    denied = without_consent(conn, users)
+    kept = [e for e in events if e.data.get("user_id") not in denied] if denied else list(events)
+    hashes = {user_hash(u): u for u in users}
+    found = conn.execute(
+        select(ERASURES.c.user_hash, ERASURES.c.requested_at).where(
+            ERASURES.c.user_hash.in_(list(hashes))
+        )
+    ).all()
+    erased = {hashes[h]: aware(at) for h, at in found}
+    if erased:
+        kept = [_redacted(e) if _erased_after(e, erased) else e for e in kept]
+    return kept
+
+
+def record_new(conn: Connection, events: Sequence[Event], *, streamed: bool = False) -> set[str]:
+    """Like :func:`record`, one cached statement run for many rows; ``streamed`` marks the
+    rows relayed to the streams already. Returns the ids inserted now (not in the log
+    before)."""
+    rows = event_rows(events)
+    if not rows:
+        return set()
+    for r in rows:
+        r["streamed"] = streamed
+    stmt = _insert(conn)(EVENTS).on_conflict_do_nothing(index_elements=["id"])
+    return set(conn.execute(stmt.returning(EVENTS.c.id), rows).scalars())
 
 
 def _erased_after(event: Event, erased: dict[str, datetime]) -> bool:

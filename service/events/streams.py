@@ -77,6 +77,14 @@ class StreamLayout:
     def inbox_key(self, n: int) -> str:
         return f"{self.prefix}:{self.tag(n)}:inbox"
 
+    def inbox_partition(self, inbox_key: str) -> int:
+        """The partition of an inbox key.
+
+        >>> StreamLayout("geo", 16).inbox_partition("geo:{ev:3}:inbox")
+        3
+        """
+        return int(inbox_key.rsplit("{ev:", 1)[1].split("}", 1)[0])
+
     def events_keys(self) -> list[str]:
         return [self.events_key(n) for n in range(self.partitions)]
 
@@ -238,7 +246,7 @@ class EventStreams:
             start = "0" if key in self._unacked else ">"
             pipe.xreadgroup(INBOX_GROUP, self.consumer, {key: start}, count=limit)
         replies = await pipe.execute(raise_on_error=False)
-        moved = 0
+        batches: dict[str, list[Any]] = {}
         no_group = []
         for key, reply in zip(keys, replies, strict=True):
             if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
@@ -253,11 +261,12 @@ class EventStreams:
                 )
                 entries = list(claimed[1])
             if entries:
+                batches[key] = entries
                 self._unacked.add(key)
-                moved += await self._import(engine, blocking, key, entries)
-                self._unacked.discard(key)
             elif key in self._unacked:
                 self._unacked.discard(key)  # nothing left of ours: back to new entries
+        moved = await self._import(engine, blocking, batches) if batches else 0
+        self._unacked.difference_update(batches)
         return moved, no_group
 
     async def _create_groups(self, keys: list[str]) -> list[str]:
@@ -276,26 +285,55 @@ class EventStreams:
         return ready
 
     async def _import(
-        self, engine: Engine, blocking: Blocking, key: str, entries: list[Any]
+        self, engine: Engine, blocking: Blocking, batches: dict[str, list[Any]]
     ) -> int:
-        events: list[Event] = []
-        ids: list[bytes] = []
-        for entry in entries:
-            entry_id, fields = entry
-            ids.append(entry_id)
-            if not fields:  # deleted after it was read: already imported
-                continue
+        """Record the inbox entries' events already streamed: checked and inserted in one
+        transaction, which commits only once the new ones are in their partition's public
+        stream (the entry passed on as it is unless redacted); then XACK and XDEL. A crash
+        before the commit imports them again, XADDed again under the same ids."""
+        arrived: dict[str, tuple[Event, Mapping[Any, Any], int]] = {}
+        for key, entries in batches.items():
+            n = self.layout.inbox_partition(key)
+            for entry_id, fields in entries:
+                if not fields:  # deleted after it was read: already imported
+                    continue
+                try:
+                    event = entry_event(fields)
+                except ValueError as exc:
+                    metrics.EVENTS_DROPPED.inc()
+                    logger.error("inbox entry %s of %s dropped: %s", entry_id, key, exc)
+                    continue
+                arrived.setdefault(event.id, (event, fields, n))
+        new: list[Event] = []
+        if arrived:
+            conn: Connection = await blocking(engine.connect)
             try:
-                events.append(entry_event(fields))
-            except ValueError as exc:
-                metrics.EVENTS_DROPPED.inc()
-                logger.error("inbox entry %s of %s dropped: %s", entry_id, key, exc)
-        if events:
-            await blocking(_record, engine, events)
-        await self.client.xack(key, INBOX_GROUP, *ids)
-        await self.client.xdel(key, *ids)
-        metrics.EVENTS_IMPORTED.inc(len(events))
-        return len(events)
+                new = await blocking(_record_new, conn, [a[0] for a in arrived.values()])
+                if new:
+                    pipe = self._pipeline()
+                    for event in new:
+                        parsed, fields, n = arrived[event.id]
+                        if event is not parsed:  # redacted
+                            fields = entry_fields(event)
+                        key = self.layout.events_key(n)
+                        pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)
+                    await pipe.execute()
+                await blocking(conn.commit)
+            finally:
+                with contextlib.suppress(Exception):
+                    await blocking(conn.close)
+        await self._acknowledge(batches)
+        metrics.EVENTS_IMPORTED.inc(len(arrived))
+        metrics.EVENTS_STREAMED.inc(len(new))
+        return len(arrived)
+
+    async def _acknowledge(self, batches: dict[str, list[Any]]) -> None:
+        pipe = self._pipeline()
+        for key, entries in batches.items():
+            ids = [entry_id for entry_id, _ in entries]
+            pipe.xack(key, INBOX_GROUP, *ids)
+            pipe.xdel(key, *ids)
+        await pipe.execute()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -323,9 +361,13 @@ def _mark_streamed(conn: Connection, seqs: Iterable[int]) -> None:
     conn.commit()
 
 
-def _record(engine: Engine, events: Sequence[Event]) -> None:
-    with engine.begin() as conn:
-        event_log.record_arrived(conn, events)
+def _record_new(conn: Connection, events: Sequence[Event]) -> list[Event]:
+    """In a transaction left open: the events admitted (see ``record_arrived``) and not in
+    the log before, inserted already streamed."""
+    conn.begin()
+    kept = event_log.admit_arrived(conn, events)
+    inserted = event_log.record_new(conn, kept, streamed=True)
+    return [e for e in kept if e.id in inserted]
 
 
 def client_from_url(url: str, cluster: bool) -> Client:

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from service.db.engine import make_engine
 from service.events import log as event_log
@@ -186,15 +186,13 @@ async def test_inbox_entries_enter_the_log_once_even_when_an_import_dies(
     every = [e for events in batches.values() for e in events]
 
     # An import that dies after its transaction, before the XACK.
-    real_xack = streams.client.xack
-
     async def die(*args: Any) -> None:
         raise ConnectionError("killed before XACK")
 
-    monkeypatch.setattr(streams.client, "xack", die)
+    monkeypatch.setattr(streams, "_acknowledge", die)
     with pytest.raises(ConnectionError):
         await streams.import_inbox(engine, blocking)
-    monkeypatch.setattr(streams.client, "xack", real_xack)
+    monkeypatch.undo()
 
     # Another process takes the entries over once they have been idle long enough.
     other = EventStreams(streams.client, layout, 1000, "other-consumer", claim_idle_ms=0)
@@ -212,6 +210,83 @@ async def test_inbox_entries_enter_the_log_once_even_when_an_import_dies(
         pass
     got = await consume(streams.client, layout.events_keys())
     assert Counter(e.id for _, e in got) == Counter(e.id for e in every)
+
+
+async def test_imported_events_are_streamed_by_the_import_once_under_their_ids(
+    engine: Engine, streams: EventStreams
+) -> None:
+    """The import XADDs each new inbox event to its partition's public stream and records it
+    already streamed: the stream relay has nothing left to do, and an event the log already
+    has is neither streamed nor recorded again."""
+    layout = streams.layout
+    events = {f"dev-{i}": [visit(f"dev-{i}", 10 * i + k) for k in range(2)] for i in range(5)}
+    await streams.import_inbox(engine, blocking)
+    for device, batch in events.items():
+        await state_step_with_events(streams.client, layout, device, batch)
+    known = events["dev-0"][0]
+    record(engine, [known])  # recorded before, by another path
+    assert await streams.import_inbox(engine, blocking) == 10
+    assert await streams.relay(engine, blocking) == 1, "only the one recorded elsewhere"
+    got = await consume(streams.client, layout.events_keys())
+    assert Counter(e.id for _, e in got) == Counter(e.id for b in events.values() for e in b)
+    for key, event in got:
+        assert event == next(e for b in events.values() for e in b if e.id == event.id)
+        assert key == layout.events_key(layout.partition(event.data["device_id"]))
+    with engine.connect() as conn:
+        rows = conn.execute(select(event_log.EVENTS)).all()
+    assert len(rows) == 10 and all(r.streamed for r in rows)
+
+
+async def test_a_crash_between_the_import_xadd_and_its_commit_reimports_the_same_ids(
+    engine: Engine, streams: EventStreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = streams.layout
+    await streams.import_inbox(engine, blocking)
+    batch = [visit("dev-1", k) for k in range(4)]
+    await state_step_with_events(streams.client, layout, "dev-1", batch)
+    real = Connection.commit
+
+    def crash(self: Connection) -> None:
+        raise RuntimeError("killed after XADD, before the commit")
+
+    monkeypatch.setattr(Connection, "commit", crash)
+    with pytest.raises(RuntimeError):
+        await streams.import_inbox(engine, blocking)
+    monkeypatch.setattr(Connection, "commit", real)
+    with engine.connect() as conn:
+        assert conn.execute(select(event_log.EVENTS)).all() == [], "nothing committed"
+    assert await streams.import_inbox(engine, blocking) == 4, "read again, imported"
+    assert await streams.client.xlen(layout.inbox_key(layout.partition("dev-1"))) == 0
+    got = await consume(streams.client, layout.events_keys())
+    assert Counter(e.id for _, e in got) == Counter({e.id: 2 for e in batch})
+    assert await streams.relay(engine, blocking) == 0
+
+
+async def test_the_import_streams_erased_users_events_redacted_and_no_denied_ones(
+    engine: Engine, streams: EventStreams
+) -> None:
+    from service.users import repository as users_repo
+
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        users_repo.record_erasure(conn, "u-1", [], now + timedelta(minutes=1), now)
+        users_repo.merge_attributes(conn, "u-7", {"location_consent": False})
+
+    def of(user: str) -> Event:
+        return visit_event(
+            "enter", device_id=f"dev-{user}", user_id=user, store_id="s-1", ping_key="p",
+            occurred_at=now,
+        )  # fmt: skip
+
+    erased, denied, kept = of("u-1"), of("u-7"), of("u-9")
+    await streams.import_inbox(engine, blocking)
+    for e in (erased, denied, kept):
+        await state_step_with_events(streams.client, streams.layout, e.data["device_id"], [e])
+    assert await streams.import_inbox(engine, blocking) == 3
+    got = {e.id: e for _, e in await consume(streams.client, streams.layout.events_keys())}
+    assert set(got) == {erased.id, kept.id} and got[kept.id] == kept
+    assert got[erased.id].data["user_id"] is None and got[erased.id].data["device_id"] is None
+    assert got[erased.id].data["store_id"] == "s-1"
 
 
 async def test_cluster_spreads_partitions_over_nodes(engine: Engine, cluster_url: str) -> None:
