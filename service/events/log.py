@@ -166,17 +166,20 @@ def admit_arrived(conn: Connection, events: Sequence[Event]) -> list[Event]:
     return kept
 
 
-def record_new(conn: Connection, events: Sequence[Event], *, streamed: bool = False) -> set[str]:
-    """Like :func:`record`, one cached statement run for many rows; ``streamed`` marks the
-    rows relayed to the streams already. Returns the ids inserted now (not in the log
-    before)."""
+def record_new(
+    conn: Connection, events: Sequence[Event], *, streamed: bool = False, fanned_out: bool = False
+) -> dict[str, int]:
+    """Like :func:`record`, one cached statement run for many rows, the rows marked relayed
+    to the streams (``streamed``) or to the webhooks (``fanned_out``) already. Returns the
+    ``seq`` of each id inserted now (not in the log before)."""
     rows = event_rows(events)
     if not rows:
-        return set()
+        return {}
     for r in rows:
-        r["streamed"] = streamed
+        r["streamed"], r["fanned_out"] = streamed, fanned_out
     stmt = _insert(conn)(EVENTS).on_conflict_do_nothing(index_elements=["id"])
-    return set(conn.execute(stmt.returning(EVENTS.c.id), rows).scalars())
+    inserted = conn.execute(stmt.returning(EVENTS.c.id, EVENTS.c.seq), rows)
+    return {event_id: seq for event_id, seq in inserted}
 
 
 def _erased_after(event: Event, erased: dict[str, datetime]) -> bool:

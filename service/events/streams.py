@@ -25,9 +25,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import zlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
@@ -40,6 +41,7 @@ from sqlalchemy import Connection, Engine, func, select, update
 from service.events import log as event_log
 from service.events import metrics
 from service.events.types import Event, EventType
+from service.webhooks import repository as webhooks_repo
 
 logger = logging.getLogger("geo_offers.events")
 
@@ -47,6 +49,8 @@ Client = aioredis.Redis | RedisCluster
 T = TypeVar("T")
 #: Runs a blocking function off the event loop (``anyio.to_thread.run_sync`` with a limiter).
 Blocking = Callable[..., Awaitable[Any]]
+#: Told the deliveries an import made, per endpoint id.
+Wake = Callable[[Mapping[str, int]], None]
 
 INBOX_GROUP = "geo-offers-log"
 
@@ -222,24 +226,36 @@ class EventStreams:
     # -- the inbox streams → the event log ---------------------------------------------
 
     async def import_inbox(
-        self, engine: Engine, blocking: Blocking, limit: int = 500, reclaim: bool = False
+        self,
+        engine: Engine,
+        blocking: Blocking,
+        limit: int = 500,
+        reclaim: bool = False,
+        wake: Wake | None = None,
     ) -> int:
-        """Move the inbox streams' entries into the event log: read them (one pipelined
-        round trip over the partitions), record them in one transaction, then XACK and
-        XDEL. An inbox whose import failed is read again from this consumer's
-        unacknowledged entries; with ``reclaim``, entries another consumer (a process that
-        died) left unacknowledged for ``claim_idle_ms`` are taken over. A crash before the
-        XACK imports entries again; their ids make that a no-op."""
+        """Move the inbox streams' entries into the event log, fanned out and streamed:
+        read them (one pipelined round trip over the partitions), then :meth:`_import`
+        them, then XACK and XDEL. ``wake`` is told the endpoints that got deliveries. An
+        inbox whose import failed is read again from this consumer's unacknowledged entries;
+        with ``reclaim``, entries another consumer (a process that died) left unacknowledged
+        for ``claim_idle_ms`` are taken over. A crash after the commit, before the XACK,
+        imports entries again; their ids make that a no-op."""
         keys = [self.layout.inbox_key(n) for n in range(self.layout.partitions)]
-        moved, no_group = await self._import_pass(engine, blocking, keys, limit, reclaim)
+        moved, no_group = await self._import_pass(engine, blocking, keys, limit, reclaim, wake)
         created = await self._create_groups(no_group) if no_group else []
         if created:  # inboxes the script has just created: read them now, not next poll
-            more, _ = await self._import_pass(engine, blocking, created, limit, False)
+            more, _ = await self._import_pass(engine, blocking, created, limit, False, wake)
             moved += more
         return moved
 
     async def _import_pass(
-        self, engine: Engine, blocking: Blocking, keys: list[str], limit: int, reclaim: bool
+        self,
+        engine: Engine,
+        blocking: Blocking,
+        keys: list[str],
+        limit: int,
+        reclaim: bool,
+        wake: Wake | None,
     ) -> tuple[int, list[str]]:
         pipe = self._pipeline()
         for key in keys:
@@ -265,7 +281,7 @@ class EventStreams:
                 self._unacked.add(key)
             elif key in self._unacked:
                 self._unacked.discard(key)  # nothing left of ours: back to new entries
-        moved = await self._import(engine, blocking, batches) if batches else 0
+        moved = await self._import(engine, blocking, batches, wake) if batches else 0
         self._unacked.difference_update(batches)
         return moved, no_group
 
@@ -285,12 +301,13 @@ class EventStreams:
         return ready
 
     async def _import(
-        self, engine: Engine, blocking: Blocking, batches: dict[str, list[Any]]
+        self, engine: Engine, blocking: Blocking, batches: dict[str, list[Any]], wake: Wake | None
     ) -> int:
-        """Record the inbox entries' events already streamed: checked and inserted in one
-        transaction, which commits only once the new ones are in their partition's public
-        stream (the entry passed on as it is unless redacted); then XACK and XDEL. A crash
-        before the commit imports them again, XADDed again under the same ids."""
+        """Record the inbox entries' events already fanned out and streamed, in one
+        transaction: checked (``record_arrived``), inserted, their webhook deliveries made,
+        and committed only once the new ones are in their partition's public stream (the
+        entry passed on as it is unless redacted); then XACK and XDEL. A crash before the
+        commit imports them again, XADDed again under the same ids."""
         arrived: dict[str, tuple[Event, Mapping[Any, Any], int]] = {}
         for key, entries in batches.items():
             n = self.layout.inbox_partition(key)
@@ -305,10 +322,12 @@ class EventStreams:
                     continue
                 arrived.setdefault(event.id, (event, fields, n))
         new: list[Event] = []
+        made: dict[str, int] = {}
         if arrived:
             conn: Connection = await blocking(engine.connect)
             try:
-                new = await blocking(_record_new, conn, [a[0] for a in arrived.values()])
+                events = [a[0] for a in arrived.values()]
+                new, made = await blocking(_record_new, conn, events)
                 if new:
                     pipe = self._pipeline()
                     for event in new:
@@ -325,6 +344,10 @@ class EventStreams:
         await self._acknowledge(batches)
         metrics.EVENTS_IMPORTED.inc(len(arrived))
         metrics.EVENTS_STREAMED.inc(len(new))
+        for type_, count in Counter(e.type.value for e in new).items():
+            metrics.EVENTS_RECORDED.labels(type_).inc(count)
+        if made and wake is not None:
+            wake(made)
         return len(arrived)
 
     async def _acknowledge(self, batches: dict[str, list[Any]]) -> None:
@@ -361,13 +384,16 @@ def _mark_streamed(conn: Connection, seqs: Iterable[int]) -> None:
     conn.commit()
 
 
-def _record_new(conn: Connection, events: Sequence[Event]) -> list[Event]:
+def _record_new(conn: Connection, events: Sequence[Event]) -> tuple[list[Event], dict[str, int]]:
     """In a transaction left open: the events admitted (see ``record_arrived``) and not in
-    the log before, inserted already streamed."""
+    the log before, inserted already streamed and fanned out, and their deliveries made.
+    Returns those events and the deliveries made per endpoint."""
     conn.begin()
     kept = event_log.admit_arrived(conn, events)
-    inserted = event_log.record_new(conn, kept, streamed=True)
-    return [e for e in kept if e.id in inserted]
+    seqs = event_log.record_new(conn, kept, streamed=True, fanned_out=True)
+    new = [e for e in kept if e.id in seqs]
+    made = webhooks_repo.fan_out_recorded(conn, [(seqs[e.id], e) for e in new], datetime.now(UTC))
+    return new, made
 
 
 def client_from_url(url: str, cluster: bool) -> Client:

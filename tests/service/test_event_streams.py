@@ -32,6 +32,7 @@ from service.events.streams import (
 )
 from service.events.types import Event, user_erased, visit_event
 from service.settings import Settings
+from service.webhooks import repository as webhooks_repo
 from tests.service.conftest import Api
 
 pytestmark = pytest.mark.anyio
@@ -260,6 +261,50 @@ async def test_a_crash_between_the_import_xadd_and_its_commit_reimports_the_same
     got = await consume(streams.client, layout.events_keys())
     assert Counter(e.id for _, e in got) == Counter({e.id: 2 for e in batch})
     assert await streams.relay(engine, blocking) == 0
+
+
+async def test_the_import_fans_out_its_new_events_by_type_and_store_tag(
+    engine: Engine, streams: EventStreams
+) -> None:
+    """Imported events get their webhook deliveries in the import's transaction, as the
+    fan-out would make them, once: the fan-out then has nothing left, and a repeated
+    import makes none."""
+    now = datetime.now(UTC)
+
+    def endpoint(id_: str, types: list[str] | None, tags: list[str] | None, on: bool) -> None:
+        with engine.begin() as conn:
+            webhooks_repo.insert_endpoint(conn, {
+                "id": id_, "url": "https://example.com/h", "event_types": types,
+                "store_tags": tags, "secret": "whsec_x", "enabled": on, "created_at": now,
+                "updated_at": now,
+            })  # fmt: skip
+
+    endpoint("all", None, None, True)
+    endpoint("exits", ["visit.exited"], None, True)
+    endpoint("uptown", None, ["uptown"], True)
+    endpoint("off", None, None, False)
+    enter = visit("dev-1", 1)
+    exit_ = visit_event(
+        "exit", device_id="dev-1", user_id=None, store_id="s-2", ping_key="p-2",
+        occurred_at=now, store_tags=["uptown"],
+    )  # fmt: skip
+    woken: list[dict[str, int]] = []
+    await streams.import_inbox(engine, blocking)
+    await state_step_with_events(streams.client, streams.layout, "dev-1", [enter, exit_])
+    assert await streams.import_inbox(engine, blocking, wake=lambda m: woken.append(dict(m))) == 2
+    assert woken == [{"all": 2, "exits": 1, "uptown": 1}]
+    await state_step_with_events(streams.client, streams.layout, "dev-1", [enter])  # again
+    assert await streams.import_inbox(engine, blocking, wake=woken.append) == 1
+    assert len(woken) == 1, "nothing new to deliver"
+    with engine.begin() as conn:
+        assert webhooks_repo.fan_out(conn, now, 100) == ([], {})
+        got = conn.execute(
+            select(webhooks_repo.DELIVERIES.c.endpoint_id, webhooks_repo.DELIVERIES.c.event_id)
+        ).all()
+        assert all(r.fanned_out for r in conn.execute(select(event_log.EVENTS)))
+    assert sorted(got) == sorted(
+        [("all", enter.id), ("all", exit_.id), ("exits", exit_.id), ("uptown", exit_.id)]
+    )
 
 
 async def test_the_import_streams_erased_users_events_redacted_and_no_denied_ones(
