@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, exists, select, update
+from sqlalchemy import Connection, Table, delete, exists, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.models import ErasureRow, EventRow, Geofence, WebhookDeliveryRow
@@ -169,17 +169,33 @@ def admit_arrived(conn: Connection, events: Sequence[Event]) -> list[Event]:
 def record_new(
     conn: Connection, events: Sequence[Event], *, streamed: bool = False, fanned_out: bool = False
 ) -> dict[str, int]:
-    """Like :func:`record`, one cached statement run for many rows, the rows marked relayed
-    to the streams (``streamed``) or to the webhooks (``fanned_out``) already. Returns the
-    ``seq`` of each id inserted now (not in the log before)."""
+    """Like :func:`record`, the rows marked relayed to the streams (``streamed``) or to the
+    webhooks (``fanned_out``) already. Returns the ``seq`` of each id inserted now (not in
+    the log before). On PostgreSQL the batch is one JSON parameter of a fixed statement."""
     rows = event_rows(events)
     if not rows:
         return {}
-    for r in rows:
-        r["streamed"], r["fanned_out"] = streamed, fanned_out
-    stmt = _insert(conn)(EVENTS).on_conflict_do_nothing(index_elements=["id"])
-    inserted = conn.execute(stmt.returning(EVENTS.c.id, EVENTS.c.seq), rows)
+    if conn.dialect.name == "postgresql":
+        params = {"rows": orjson.dumps(rows).decode(), "streamed": streamed, "fanned": fanned_out}
+        inserted = conn.execute(_INSERT_JSON, params)
+    else:
+        for r in rows:
+            r["streamed"], r["fanned_out"] = streamed, fanned_out
+        stmt = _insert(conn)(EVENTS).on_conflict_do_nothing(index_elements=["id"])
+        inserted = conn.execute(stmt.returning(EVENTS.c.id, EVENTS.c.seq), rows)
     return {event_id: seq for event_id, seq in inserted}
+
+
+# One statement text whatever the batch size: the driver and SQLAlchemy parse it once.
+_INSERT_JSON = text(f"""
+    INSERT INTO events ({", ".join(COLUMNS)}, streamed, fanned_out)
+    SELECT {", ".join(COLUMNS)}, :streamed, :fanned
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        id text, type text, occurred_at timestamptz, recorded_at timestamptz, data jsonb,
+        store_id text, store_tags jsonb, user_id text, partition_key text)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, seq
+""")
 
 
 def _erased_after(event: Event, erased: dict[str, datetime]) -> bool:
