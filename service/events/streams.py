@@ -144,6 +144,22 @@ end
 """
 
 
+#: XADD entries to the public stream KEYS[1], trimmed to about ARGV[1] entries; then the
+#: id, type, envelope and tags of each entry (many entries in one command).
+STREAM_XADD_LUA = """
+for i = 2, #ARGV, 4 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'id', ARGV[i], 'type', ARGV[i + 1],
+    'envelope', ARGV[i + 2], 'tags', ARGV[i + 3])
+end
+return (#ARGV - 1) / 4
+"""
+
+
+def _field(fields: Mapping[Any, Any], name: str) -> Any:
+    value = fields.get(name.encode())
+    return value if value is not None else fields.get(name)
+
+
 def inbox_args(events: Sequence[Event]) -> list[bytes]:
     """ARGV for :data:`INBOX_XADD_LUA`: the count, then id, type, envelope, tags of each."""
     out = [str(len(events)).encode()]
@@ -308,7 +324,7 @@ class EventStreams:
         and committed only once the new ones are in their partition's public stream (the
         entry passed on as it is unless redacted); then XACK and XDEL. A crash before the
         commit imports them again, XADDed again under the same ids."""
-        arrived: dict[str, tuple[Event, Mapping[Any, Any], int]] = {}
+        arrived: dict[str, tuple[Event, Mapping[Any, Any], int]] = {}  # id: parsed, as read
         for key, entries in batches.items():
             n = self.layout.inbox_partition(key)
             for entry_id, fields in entries:
@@ -329,14 +345,7 @@ class EventStreams:
                 events = [a[0] for a in arrived.values()]
                 new, made = await blocking(_record_new, conn, events)
                 if new:
-                    pipe = self._pipeline()
-                    for event in new:
-                        parsed, fields, n = arrived[event.id]
-                        if event is not parsed:  # redacted
-                            fields = entry_fields(event)
-                        key = self.layout.events_key(n)
-                        pipe.xadd(key, fields, maxlen=self.maxlen, approximate=True)
-                    await pipe.execute()
+                    await self._stream(new, arrived)
                 await blocking(conn.commit)
             finally:
                 with contextlib.suppress(Exception):
@@ -349,6 +358,22 @@ class EventStreams:
         if made and wake is not None:
             wake(made)
         return len(arrived)
+
+    async def _stream(
+        self, events: list[Event], arrived: dict[str, tuple[Event, Mapping[Any, Any], int]]
+    ) -> None:
+        """XADD ``events`` to their inbox's partition: one script call per partition."""
+        args: dict[int, list[Any]] = {}
+        for event in events:
+            parsed, fields, n = arrived[event.id]
+            if event is not parsed:  # redacted
+                fields = entry_fields(event)
+            envelope, tags = _field(fields, "envelope"), _field(fields, "tags") or b"[]"
+            args.setdefault(n, [self.maxlen]).extend([event.id, event.type.value, envelope, tags])
+        pipe = self._pipeline()
+        for n, values in args.items():
+            pipe.eval(STREAM_XADD_LUA, 1, self.layout.events_key(n), *values)
+        await pipe.execute()
 
     async def _acknowledge(self, batches: dict[str, list[Any]]) -> None:
         pipe = self._pipeline()

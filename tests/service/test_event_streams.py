@@ -137,6 +137,15 @@ async def test_streams_are_bounded(engine: Engine, redis_url: str, redis_prefix:
             pass
         length = await client.xlen(s.layout.events_key(0))
         assert 100 <= length < 300, "XADD MAXLEN ~ 100 (trimmed by whole nodes)"
+        # The inbox import's XADDs too.
+        await client.delete(s.layout.events_key(0))
+        await s.import_inbox(engine, blocking)
+        batch = [visit("one-device", 2000 + i) for i in range(1000)]
+        for i in range(0, 1000, 50):
+            await state_step_with_events(client, s.layout, "one-device", batch[i : i + 50])
+        assert await s.import_inbox(engine, blocking, limit=1000) == 1000
+        length = await client.xlen(s.layout.events_key(0))
+        assert 100 <= length < 300, "imported: XADD MAXLEN ~ 100 as well"
     finally:
         await s.close()
 
