@@ -7,7 +7,8 @@ Layout (one place; the device-state script uses it too). ``<p>`` is the Redis pr
   about ``stream_maxlen`` entries (``XADD MAXLEN ~``);
 - ``<p>:{ev:<n>}:inbox`` — events born in Redis (visit events, XADDed by the device-state
   script in the step that produces them) waiting to enter the event log; drained by
-  :meth:`EventStreams.import_inbox` and never trimmed, so nothing is lost while the
+  :meth:`EventStreams.import_inbox` (which also XADDs them to the partition's public stream
+  and makes their webhook deliveries) and never trimmed, so nothing is lost while the
   database is away.
 
 Each partition's keys share the hash tag ``{ev:<n>}``: different partitions land on
@@ -17,7 +18,7 @@ Entry fields: ``id`` (the event id: the same in every copy of one event), ``type
 ``envelope`` (the JSON ``{id, type, occurred_at, data}`` webhooks send as their body) and
 ``tags`` (JSON list of the store's tags).
 
-Both relays are at-least-once: an entry may appear twice, never under two ids.
+The relay and the import are at-least-once: an entry may appear twice, never under two ids.
 """
 
 from __future__ import annotations
