@@ -97,6 +97,15 @@ class StreamLayout:
         return self.partition(event.partition_key)
 
 
+_TYPES = {t.value: t for t in EventType}
+
+
+def _field(fields: Mapping[Any, Any], name: str) -> Any:
+    """A field of an entry as redis-py returns it (bytes keys) or as written (str keys)."""
+    value = fields.get(name.encode())
+    return value if value is not None else fields.get(name)
+
+
 def entry_fields(event: Event) -> dict[str, bytes]:
     """The stream entry of ``event``."""
     return {
@@ -109,16 +118,15 @@ def entry_fields(event: Event) -> dict[str, bytes]:
 
 def entry_event(fields: Mapping[Any, Any]) -> Event:
     """An :class:`Event` from a stream entry's fields; ``ValueError`` if it is not one."""
-    f = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in fields.items()}
     try:
-        env = orjson.loads(f["envelope"])
-        tags = orjson.loads(f.get("tags") or b"[]")
+        env = orjson.loads(_field(fields, "envelope"))
+        tags = orjson.loads(_field(fields, "tags") or b"[]")
         event = Event(
             id=str(env["id"]),
-            type=EventType(env["type"]),
-            occurred_at=datetime.fromisoformat(str(env["occurred_at"]).replace("Z", "+00:00")),
+            type=_TYPES[env["type"]],
+            occurred_at=datetime.fromisoformat(str(env["occurred_at"])),
             data=dict(env["data"]),
-            store_tags=tuple(str(t) for t in tags),
+            store_tags=tuple(map(str, tags)),
         )
     except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"not an event entry: {exc}") from exc
@@ -154,11 +162,6 @@ for i = 2, #ARGV, 4 do
 end
 return (#ARGV - 1) / 4
 """
-
-
-def _field(fields: Mapping[Any, Any], name: str) -> Any:
-    value = fields.get(name.encode())
-    return value if value is not None else fields.get(name)
 
 
 def inbox_args(events: Sequence[Event]) -> list[bytes]:
