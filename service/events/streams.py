@@ -328,19 +328,7 @@ class EventStreams:
         and committed only once the new ones are in their partition's public stream (the
         entry passed on as it is unless redacted); then XACK and XDEL. A crash before the
         commit imports them again, XADDed again under the same ids."""
-        arrived: dict[str, tuple[Event, Mapping[Any, Any], int]] = {}  # id: parsed, as read
-        for key, entries in batches.items():
-            n = self.layout.inbox_partition(key)
-            for entry_id, fields in entries:
-                if not fields:  # deleted after it was read: already imported
-                    continue
-                try:
-                    event = entry_event(fields)
-                except ValueError as exc:
-                    metrics.EVENTS_DROPPED.inc()
-                    logger.error("inbox entry %s of %s dropped: %s", entry_id, key, exc)
-                    continue
-                arrived.setdefault(event.id, (event, fields, n))
+        arrived: Arrived = await blocking(_parse, self.layout, batches)  # off the event loop
         new: list[Event] = []
         made: dict[str, int] = {}
         if arrived:
@@ -363,9 +351,7 @@ class EventStreams:
             wake(made)
         return len(arrived)
 
-    async def _stream(
-        self, events: list[Event], arrived: dict[str, tuple[Event, Mapping[Any, Any], int]]
-    ) -> None:
+    async def _stream(self, events: list[Event], arrived: Arrived) -> None:
         """XADD ``events`` to their inbox's partition: one script call per partition."""
         args: dict[int, list[Any]] = {}
         for event in events:
@@ -411,6 +397,27 @@ def _mark_streamed(conn: Connection, seqs: Iterable[int]) -> None:
         conn.begin()
     conn.execute(update(t).where(t.c.seq.in_(list(seqs))).values(streamed=True))
     conn.commit()
+
+
+#: The events read from the inboxes by id: the event, the entry's fields, its partition.
+Arrived = dict[str, tuple[Event, Mapping[Any, Any], int]]
+
+
+def _parse(layout: StreamLayout, batches: dict[str, list[Any]]) -> Arrived:
+    arrived: Arrived = {}
+    for key, entries in batches.items():
+        n = layout.inbox_partition(key)
+        for entry_id, fields in entries:
+            if not fields:  # deleted after it was read: already imported
+                continue
+            try:
+                event = entry_event(fields)
+            except ValueError as exc:
+                metrics.EVENTS_DROPPED.inc()
+                logger.error("inbox entry %s of %s dropped: %s", entry_id, key, exc)
+                continue
+            arrived.setdefault(event.id, (event, fields, n))
+    return arrived
 
 
 def _record_new(conn: Connection, events: Sequence[Event]) -> tuple[list[Event], dict[str, int]]:
