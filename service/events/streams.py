@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy.exc import DataError, IntegrityError
 
 from service.events import log as event_log
 from service.events import metrics
@@ -301,9 +302,33 @@ class EventStreams:
                 self._unacked.add(key)
             elif key in self._unacked:
                 self._unacked.discard(key)  # nothing left of ours: back to new entries
-        moved = await self._import(engine, blocking, batches, wake) if batches else 0
+        if not batches:
+            return 0, no_group
+        try:
+            moved = await self._import(engine, blocking, batches, wake)
+        except (DataError, IntegrityError):
+            if len(batches) == 1:
+                raise
+            # An entry the log refuses must not hold up the other partitions' entries.
+            moved = await self._import_each(engine, blocking, batches, wake)
         self._unacked.difference_update(batches)
         return moved, no_group
+
+    async def _import_each(
+        self, engine: Engine, blocking: Blocking, batches: dict[str, list[Any]], wake: Wake | None
+    ) -> int:
+        moved = 0
+        failed: list[Exception] = []
+        for key, entries in batches.items():
+            try:
+                moved += await self._import(engine, blocking, {key: entries}, wake)
+            except (DataError, IntegrityError) as exc:
+                failed.append(exc)
+            else:
+                self._unacked.discard(key)
+        if failed:
+            raise failed[0]
+        return moved
 
     async def _create_groups(self, keys: list[str]) -> list[str]:
         """Groups start at the stream's first entry, so nothing XADDed before is missed. An

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DataError
 
 from service.db.engine import make_engine
 from service.events import log as event_log
@@ -270,6 +271,33 @@ async def test_a_crash_between_the_import_xadd_and_its_commit_reimports_the_same
     got = await consume(streams.client, layout.events_keys())
     assert Counter(e.id for _, e in got) == Counter({e.id: 2 for e in batch})
     assert await streams.relay(engine, blocking) == 0
+
+
+async def test_an_entry_the_log_refuses_holds_up_only_its_own_partition(
+    engine: Engine, streams: EventStreams
+) -> None:
+    layout = streams.layout
+    good = visit("dev-good", 1)
+    bad_device = next(
+        d
+        for d in (f"dev-{i}" for i in range(100))
+        if layout.partition(d) != layout.partition("dev-good")
+    )
+    bad = visit_event(
+        "enter", device_id=bad_device, user_id=None, store_id="s" * 200, ping_key="p",
+        occurred_at=datetime.now(UTC),
+    )  # fmt: skip
+    await streams.import_inbox(engine, blocking)
+    await state_step_with_events(streams.client, layout, bad_device, [bad])
+    await state_step_with_events(streams.client, layout, "dev-good", [good])
+    for _ in range(2):
+        with pytest.raises(DataError):
+            await streams.import_inbox(engine, blocking)
+    with engine.connect() as conn:
+        assert [r.id for r in conn.execute(select(event_log.EVENTS))] == [good.id]
+    got = await consume(streams.client, layout.events_keys())
+    assert [e.id for _, e in got] == [good.id]
+    assert await streams.client.xlen(layout.inbox_key(layout.partition(bad_device))) == 1
 
 
 async def test_the_import_fans_out_its_new_events_by_type_and_store_tag(
