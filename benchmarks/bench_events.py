@@ -6,6 +6,11 @@ local receiver (uvicorn, a raw ASGI app answering 204). The reference, in the sa
 same number of signed POSTs sent by httpx at the same concurrency with no database at all.
 
     .venv/bin/python benchmarks/bench_events.py --events 5000 --concurrency 4,16
+
+With ``--inbox N``: the relay's import instead — N visit events XADDed to the inbox
+streams (64 partitions, a fresh key prefix in ``--redis-url``) as the device-state script
+does, then the relay (import, stream relay, fan-out; no endpoint) timed until every event
+is in the log, fanned out and in the public streams.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from typing import Any
 
 import httpx
 import psycopg
+import redis.asyncio as aioredis
 from sqlalchemy import text
 
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
 from service.events import log as event_log
 from service.events.relay import EventRelay
+from service.events.streams import INBOX_XADD_LUA, EventStreams, StreamLayout, inbox_args
 from service.events.types import visit_event
 from service.settings import Settings
 from service.webhooks.service import create_endpoint
@@ -132,12 +139,59 @@ async def relay_rate(settings: Settings, url: str, n: int, concurrency: int) -> 
     return n / elapsed, n / recorded
 
 
+async def inbox_rate(settings: Settings, redis_url: str, n: int) -> float:
+    """Events per second the relay moves from the inbox streams to the log and the streams."""
+    engine = make_engine(settings)
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE events, webhook_endpoints, webhook_deliveries"))
+    client = aioredis.Redis.from_url(redis_url)
+    layout = StreamLayout(f"bench-{uuid.uuid4().hex[:8]}", 64)
+    script = client.register_script(INBOX_XADD_LUA + "add_events(KEYS[1], 1)\nreturn 1")
+    now = datetime.now(UTC)
+    kinds = ("enter", "dwell", "exit")
+    for d in range(n // 3):
+        device = f"d-{d}"
+        events = [
+            visit_event(kind, device_id=device, user_id=f"u-{d}", store_id=f"s-{d % 50}",
+                        ping_key=f"p-{d}-{kind}", occurred_at=now, store_tags=["downtown"],
+                        dwell_s=300.0 if kind == "dwell" else None)
+            for kind in kinds
+        ]  # fmt: skip
+        await script([layout.inbox_key(layout.partition(device))], inbox_args(events))
+    n = n // 3 * 3
+    streams = EventStreams(client, layout, 100_000, "bench")
+    relay = EventRelay(engine, settings, streams)
+    start = time.perf_counter()
+    await relay.start()
+    try:
+        while True:
+            await asyncio.sleep(0.05)
+            with engine.connect() as conn:
+                done = conn.execute(
+                    text("SELECT count(*) FROM events WHERE streamed AND fanned_out")
+                ).scalar_one()
+            if done >= n:
+                break
+        elapsed = time.perf_counter() - start
+    finally:
+        await relay.stop()  # closes the client
+        engine.dispose()
+        cleanup = aioredis.Redis.from_url(redis_url)
+        keys = [k for i in range(64) for k in (layout.inbox_key(i), layout.events_key(i))]
+        await cleanup.delete(*keys)
+        await cleanup.aclose()
+    return n / elapsed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pg-url", default=os.environ.get(
         "GEO_OFFERS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))  # fmt: skip
     ap.add_argument("--events", type=int, default=5000)
     ap.add_argument("--concurrency", default="4,16")
+    ap.add_argument("--inbox", type=int, default=0, help="time the inbox import of N events")
+    ap.add_argument("--redis-url", default=os.environ.get(
+        "GEO_OFFERS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))  # fmt: skip
     args = ap.parse_args()
     name = f"geo_offers_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(args.pg_url, autocommit=True) as admin:
@@ -151,6 +205,11 @@ def main() -> None:
         engine = make_engine(settings)
         upgrade(engine)
         engine.dispose()
+        if args.inbox:
+            for _ in range(2):
+                rate = asyncio.run(inbox_rate(settings, args.redis_url, args.inbox))
+                print(f"inbox → log, fanned out, streamed: {args.inbox} events, {rate:,.0f}/s")
+            return
         proc, hook = start_receiver()
         print(f"{args.events} events, one endpoint, one process, receiver answers 204")
         print(f"{'concurrency':>11} {'bare httpx/s':>13} {'relay/s':>9} {'ratio':>6}", end="")

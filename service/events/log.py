@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, exists, select, update
+from sqlalchemy import Connection, Table, delete, exists, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from service.db.models import ErasureRow, EventRow, Geofence, WebhookDeliveryRow
@@ -140,24 +140,62 @@ def record_arrived(conn: Connection, events: Sequence[Event]) -> int:
     already: one whose user has been erased since is recorded redacted (as
     :func:`redact_user` leaves the others); one whose user has withdrawn location consent is
     not recorded (nor exported) at all. Returns the number of events left out."""
+    kept = admit_arrived(conn, events)
+    record(conn, kept)
+    return len(events) - len(kept)
+
+
+def admit_arrived(conn: Connection, events: Sequence[Event]) -> list[Event]:
+    """The checks of :func:`record_arrived`: ``events`` as they may be recorded (or
+    exported) now, those of erased users redacted, those of users without consent left out.
+    An event that needs no change is returned as the same object."""
     users = {str(e.data["user_id"]) for e in events if e.data.get("user_id") is not None}
-    left_out = 0
-    if users:
-        denied = without_consent(conn, users)
-        if denied:
-            kept = [e for e in events if e.data.get("user_id") not in denied]
-            left_out, events = len(events) - len(kept), kept
-        hashes = {user_hash(u): u for u in users}
-        found = conn.execute(
-            select(ERASURES.c.user_hash, ERASURES.c.requested_at).where(
-                ERASURES.c.user_hash.in_(list(hashes))
-            )
-        ).all()
-        erased = {hashes[h]: aware(at) for h, at in found}
-        if erased:
-            events = [_redacted(e) if _erased_after(e, erased) else e for e in events]
-    record(conn, events)
-    return left_out
+    if not users:
+        return list(events)
+    denied = without_consent(conn, users)
+    kept = [e for e in events if e.data.get("user_id") not in denied] if denied else list(events)
+    hashes = {user_hash(u): u for u in users}
+    found = conn.execute(
+        select(ERASURES.c.user_hash, ERASURES.c.requested_at).where(
+            ERASURES.c.user_hash.in_(list(hashes))
+        )
+    ).all()
+    erased = {hashes[h]: aware(at) for h, at in found}
+    if erased:
+        kept = [_redacted(e) if _erased_after(e, erased) else e for e in kept]
+    return kept
+
+
+def record_new(
+    conn: Connection, events: Sequence[Event], *, streamed: bool = False, fanned_out: bool = False
+) -> dict[str, int]:
+    """Like :func:`record`, the rows marked relayed to the streams (``streamed``) or to the
+    webhooks (``fanned_out``) already. Returns the ``seq`` of each id inserted now (not in
+    the log before). On PostgreSQL the batch is one JSON parameter of a fixed statement."""
+    rows = event_rows(events)
+    if not rows:
+        return {}
+    if conn.dialect.name == "postgresql":
+        params = {"rows": orjson.dumps(rows).decode(), "streamed": streamed, "fanned": fanned_out}
+        inserted = conn.execute(_INSERT_JSON, params)
+    else:
+        for r in rows:
+            r["streamed"], r["fanned_out"] = streamed, fanned_out
+        stmt = _insert(conn)(EVENTS).on_conflict_do_nothing(index_elements=["id"])
+        inserted = conn.execute(stmt.returning(EVENTS.c.id, EVENTS.c.seq), rows)
+    return {event_id: seq for event_id, seq in inserted}
+
+
+# One statement text whatever the batch size: the driver and SQLAlchemy parse it once.
+_INSERT_JSON = text(f"""
+    INSERT INTO events ({", ".join(COLUMNS)}, streamed, fanned_out)
+    SELECT {", ".join(COLUMNS)}, :streamed, :fanned
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        id text, type text, occurred_at timestamptz, recorded_at timestamptz, data jsonb,
+        store_id text, store_tags jsonb, user_id text, partition_key text)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, seq
+""")
 
 
 def _erased_after(event: Event, erased: dict[str, datetime]) -> bool:

@@ -20,7 +20,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -116,10 +116,7 @@ class EventRelay:
             types, made = await self.blocking(_fan_out, self.engine, BATCH)
             for t in types:
                 metrics.EVENTS_RECORDED.labels(t).inc()
-            for endpoint_id in made:
-                worker = self.workers.get(endpoint_id)
-                if worker is not None:
-                    worker.wake()
+            self._wake(made)
             total += len(types)
             if len(types) < BATCH:
                 return total
@@ -157,7 +154,17 @@ class EventRelay:
         assert self.streams is not None
         self._imports += 1
         reclaim = self._imports % RECLAIM_EVERY == 1
-        return int(await self.streams.import_inbox(self.engine, self.blocking, BATCH, reclaim))
+        return int(
+            await self.streams.import_inbox(
+                self.engine, self.blocking, BATCH, reclaim, wake=self._wake
+            )
+        )
+
+    def _wake(self, made: Mapping[str, int]) -> None:
+        for endpoint_id in made:
+            worker = self.workers.get(endpoint_id)
+            if worker is not None:
+                worker.wake()
 
     async def refresh_gauges(self) -> None:
         backlog, fanout, stream = await self.blocking(_backlog, self.engine)

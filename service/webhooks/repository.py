@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Table, delete, func, insert, select, update
 
 from service.db.models import WebhookDeliveryRow, WebhookEndpointRow
 from service.events.log import EVENTS
+from service.events.types import Event
 from service.timeutil import aware, iso_z
 
 ENDPOINTS: Table = WebhookEndpointRow.__table__  # type: ignore[assignment]
@@ -130,20 +131,38 @@ def fan_out(conn: Connection, now: datetime, limit: int) -> tuple[list[str], dic
     ).all()
     if not rows:
         return [], {}
-    subs = [_subscription(r) for r in enabled_endpoints(conn)]
-    made: dict[str, int] = {}
-    deliveries = []
-    for r in rows:
-        for s in subs:
-            if s.wants(r.type, r.store_id, r.store_tags or ()):
-                deliveries.append(_delivery(s.endpoint_id, r.seq, r.id, now))
-                made[s.endpoint_id] = made.get(s.endpoint_id, 0) + 1
-    if deliveries:
-        conn.execute(insert(DELIVERIES), deliveries)
+    made = _deliver(conn, [(r.seq, r.id, r.type, r.store_id, r.store_tags) for r in rows], now)
     conn.execute(
         update(EVENTS).where(EVENTS.c.seq.in_([r.seq for r in rows])).values(fanned_out=True)
     )
     return [r.type for r in rows], made
+
+
+def fan_out_recorded(
+    conn: Connection, events: Iterable[tuple[int, Event]], now: datetime
+) -> dict[str, int]:
+    """The deliveries of events just recorded already ``fanned_out`` (``(seq, event)``
+    pairs), as :func:`fan_out` makes them. Returns the deliveries made per endpoint."""
+    rows = [(seq, e.id, e.type.value, e.store_id, e.store_tags) for seq, e in events]
+    return _deliver(conn, rows, now) if rows else {}
+
+
+def _deliver(
+    conn: Connection, events: list[tuple[int, str, str, str | None, Any]], now: datetime
+) -> dict[str, int]:
+    """Insert the deliveries of ``(seq, id, type, store_id, store_tags)`` events to every
+    enabled endpoint they match; the number made per endpoint."""
+    subs = [_subscription(r) for r in enabled_endpoints(conn)]
+    made: dict[str, int] = {}
+    deliveries = []
+    for seq, event_id, type_, store_id, tags in events:
+        for s in subs:
+            if s.wants(type_, store_id, tags or ()):
+                deliveries.append(_delivery(s.endpoint_id, seq, event_id, now))
+                made[s.endpoint_id] = made.get(s.endpoint_id, 0) + 1
+    if deliveries:
+        conn.execute(insert(DELIVERIES), deliveries)
+    return made
 
 
 def _delivery(

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -17,7 +17,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DataError
 
 from service.db.engine import make_engine
 from service.events import log as event_log
@@ -32,6 +33,7 @@ from service.events.streams import (
 )
 from service.events.types import Event, user_erased, visit_event
 from service.settings import Settings
+from service.webhooks import repository as webhooks_repo
 from tests.service.conftest import Api
 
 pytestmark = pytest.mark.anyio
@@ -136,6 +138,15 @@ async def test_streams_are_bounded(engine: Engine, redis_url: str, redis_prefix:
             pass
         length = await client.xlen(s.layout.events_key(0))
         assert 100 <= length < 300, "XADD MAXLEN ~ 100 (trimmed by whole nodes)"
+        # The inbox import's XADDs too.
+        await client.delete(s.layout.events_key(0))
+        await s.import_inbox(engine, blocking)
+        batch = [visit("one-device", 2000 + i) for i in range(1000)]
+        for i in range(0, 1000, 50):
+            await state_step_with_events(client, s.layout, "one-device", batch[i : i + 50])
+        assert await s.import_inbox(engine, blocking, limit=1000) == 1000
+        length = await client.xlen(s.layout.events_key(0))
+        assert 100 <= length < 300, "imported: XADD MAXLEN ~ 100 as well"
     finally:
         await s.close()
 
@@ -186,15 +197,13 @@ async def test_inbox_entries_enter_the_log_once_even_when_an_import_dies(
     every = [e for events in batches.values() for e in events]
 
     # An import that dies after its transaction, before the XACK.
-    real_xack = streams.client.xack
-
     async def die(*args: Any) -> None:
         raise ConnectionError("killed before XACK")
 
-    monkeypatch.setattr(streams.client, "xack", die)
+    monkeypatch.setattr(streams, "_acknowledge", die)
     with pytest.raises(ConnectionError):
         await streams.import_inbox(engine, blocking)
-    monkeypatch.setattr(streams.client, "xack", real_xack)
+    monkeypatch.undo()
 
     # Another process takes the entries over once they have been idle long enough.
     other = EventStreams(streams.client, layout, 1000, "other-consumer", claim_idle_ms=0)
@@ -212,6 +221,154 @@ async def test_inbox_entries_enter_the_log_once_even_when_an_import_dies(
         pass
     got = await consume(streams.client, layout.events_keys())
     assert Counter(e.id for _, e in got) == Counter(e.id for e in every)
+
+
+async def test_imported_events_are_streamed_by_the_import_once_under_their_ids(
+    engine: Engine, streams: EventStreams
+) -> None:
+    """The import XADDs each new inbox event to its partition's public stream and records it
+    already streamed: the stream relay has nothing left to do, and an event the log already
+    has is neither streamed nor recorded again."""
+    layout = streams.layout
+    events = {f"dev-{i}": [visit(f"dev-{i}", 10 * i + k) for k in range(2)] for i in range(5)}
+    await streams.import_inbox(engine, blocking)
+    for device, batch in events.items():
+        await state_step_with_events(streams.client, layout, device, batch)
+    known = events["dev-0"][0]
+    record(engine, [known])  # recorded before, by another path
+    assert await streams.import_inbox(engine, blocking) == 10
+    assert await streams.relay(engine, blocking) == 1, "only the one recorded elsewhere"
+    got = await consume(streams.client, layout.events_keys())
+    assert Counter(e.id for _, e in got) == Counter(e.id for b in events.values() for e in b)
+    for key, event in got:
+        assert event == next(e for b in events.values() for e in b if e.id == event.id)
+        assert key == layout.events_key(layout.partition(event.data["device_id"]))
+    with engine.connect() as conn:
+        rows = conn.execute(select(event_log.EVENTS)).all()
+    assert len(rows) == 10 and all(r.streamed for r in rows)
+
+
+async def test_a_crash_between_the_import_xadd_and_its_commit_reimports_the_same_ids(
+    engine: Engine, streams: EventStreams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = streams.layout
+    await streams.import_inbox(engine, blocking)
+    batch = [visit("dev-1", k) for k in range(4)]
+    await state_step_with_events(streams.client, layout, "dev-1", batch)
+    real = Connection.commit
+
+    def crash(self: Connection) -> None:
+        raise RuntimeError("killed after XADD, before the commit")
+
+    monkeypatch.setattr(Connection, "commit", crash)
+    with pytest.raises(RuntimeError):
+        await streams.import_inbox(engine, blocking)
+    monkeypatch.setattr(Connection, "commit", real)
+    with engine.connect() as conn:
+        assert conn.execute(select(event_log.EVENTS)).all() == [], "nothing committed"
+    assert await streams.import_inbox(engine, blocking) == 4, "read again, imported"
+    assert await streams.client.xlen(layout.inbox_key(layout.partition("dev-1"))) == 0
+    got = await consume(streams.client, layout.events_keys())
+    assert Counter(e.id for _, e in got) == Counter({e.id: 2 for e in batch})
+    assert await streams.relay(engine, blocking) == 0
+
+
+async def test_an_entry_the_log_refuses_holds_up_only_its_own_partition(
+    engine: Engine, streams: EventStreams
+) -> None:
+    layout = streams.layout
+    good = visit("dev-good", 1)
+    bad_device = next(
+        d
+        for d in (f"dev-{i}" for i in range(100))
+        if layout.partition(d) != layout.partition("dev-good")
+    )
+    bad = visit_event(
+        "enter", device_id=bad_device, user_id=None, store_id="s" * 200, ping_key="p",
+        occurred_at=datetime.now(UTC),
+    )  # fmt: skip
+    await streams.import_inbox(engine, blocking)
+    await state_step_with_events(streams.client, layout, bad_device, [bad])
+    await state_step_with_events(streams.client, layout, "dev-good", [good])
+    for _ in range(2):
+        with pytest.raises(DataError):
+            await streams.import_inbox(engine, blocking)
+    with engine.connect() as conn:
+        assert [r.id for r in conn.execute(select(event_log.EVENTS))] == [good.id]
+    got = await consume(streams.client, layout.events_keys())
+    assert [e.id for _, e in got] == [good.id]
+    assert await streams.client.xlen(layout.inbox_key(layout.partition(bad_device))) == 1
+
+
+async def test_the_import_fans_out_its_new_events_by_type_and_store_tag(
+    engine: Engine, streams: EventStreams
+) -> None:
+    """Imported events get their webhook deliveries in the import's transaction, as the
+    fan-out would make them, once: the fan-out then has nothing left, and a repeated
+    import makes none."""
+    now = datetime.now(UTC)
+
+    def endpoint(id_: str, types: list[str] | None, tags: list[str] | None, on: bool) -> None:
+        with engine.begin() as conn:
+            webhooks_repo.insert_endpoint(conn, {
+                "id": id_, "url": "https://example.com/h", "event_types": types,
+                "store_tags": tags, "secret": "whsec_x", "enabled": on, "created_at": now,
+                "updated_at": now,
+            })  # fmt: skip
+
+    endpoint("all", None, None, True)
+    endpoint("exits", ["visit.exited"], None, True)
+    endpoint("uptown", None, ["uptown"], True)
+    endpoint("off", None, None, False)
+    enter = visit("dev-1", 1)
+    exit_ = visit_event(
+        "exit", device_id="dev-1", user_id=None, store_id="s-2", ping_key="p-2",
+        occurred_at=now, store_tags=["uptown"],
+    )  # fmt: skip
+    woken: list[dict[str, int]] = []
+    await streams.import_inbox(engine, blocking)
+    await state_step_with_events(streams.client, streams.layout, "dev-1", [enter, exit_])
+    assert await streams.import_inbox(engine, blocking, wake=lambda m: woken.append(dict(m))) == 2
+    assert woken == [{"all": 2, "exits": 1, "uptown": 1}]
+    await state_step_with_events(streams.client, streams.layout, "dev-1", [enter])  # again
+    assert await streams.import_inbox(engine, blocking, wake=woken.append) == 1
+    assert len(woken) == 1, "nothing new to deliver"
+    with engine.begin() as conn:
+        assert webhooks_repo.fan_out(conn, now, 100) == ([], {})
+        got = conn.execute(
+            select(webhooks_repo.DELIVERIES.c.endpoint_id, webhooks_repo.DELIVERIES.c.event_id)
+        ).all()
+        assert all(r.fanned_out for r in conn.execute(select(event_log.EVENTS)))
+    assert sorted(got) == sorted(
+        [("all", enter.id), ("all", exit_.id), ("exits", exit_.id), ("uptown", exit_.id)]
+    )
+
+
+async def test_the_import_streams_erased_users_events_redacted_and_no_denied_ones(
+    engine: Engine, streams: EventStreams
+) -> None:
+    from service.users import repository as users_repo
+
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        users_repo.record_erasure(conn, "u-1", [], now + timedelta(minutes=1), now)
+        users_repo.merge_attributes(conn, "u-7", {"location_consent": False})
+
+    def of(user: str) -> Event:
+        return visit_event(
+            "enter", device_id=f"dev-{user}", user_id=user, store_id="s-1", ping_key="p",
+            occurred_at=now,
+        )  # fmt: skip
+
+    erased, denied, kept = of("u-1"), of("u-7"), of("u-9")
+    await streams.import_inbox(engine, blocking)
+    for e in (erased, denied, kept):
+        await state_step_with_events(streams.client, streams.layout, e.data["device_id"], [e])
+    assert await streams.import_inbox(engine, blocking) == 3
+    got = {e.id: e for _, e in await consume(streams.client, streams.layout.events_keys())}
+    assert set(got) == {erased.id, kept.id} and got[kept.id] == kept
+    assert got[erased.id].data["user_id"] is None and got[erased.id].data["device_id"] is None
+    assert got[erased.id].data["store_id"] == "s-1"
 
 
 async def test_cluster_spreads_partitions_over_nodes(engine: Engine, cluster_url: str) -> None:

@@ -155,6 +155,24 @@ def test_record_in_the_callers_transaction_once_per_id(engine: Engine) -> None:
     assert len(stored(engine)) == len(events)
 
 
+def test_record_new_records_the_same_rows_and_tells_which_are_new(engine: Engine) -> None:
+    events = all_types()
+    with engine.begin() as conn:
+        event_log.record(conn, events[:2])
+    with engine.begin() as conn:
+        new = event_log.record_new(conn, [*events, visit()], streamed=True, fanned_out=True)
+    rows = stored(engine)
+    assert new == {r.id: r.seq for r in rows[2:]} and len(new) == len(events) - 2
+    assert [event_log.row_event(r) for r in rows] == events
+    assert all(r.streamed and r.fanned_out for r in rows[2:])
+    assert [r.store_tags for r in rows] == [list(e.store_tags) for e in events]
+    assert [(r.user_id, r.partition_key, r.store_id) for r in rows] == [
+        (e.data.get("user_id"), e.partition_key, e.store_id) for e in events
+    ]
+    with engine.begin() as conn:
+        assert event_log.record_new(conn, events) == {}, "all there: nothing new"
+
+
 def test_async_psycopg_batch_records_the_same_rows(
     pg_settings: Settings, pg_engine: Engine
 ) -> None:
