@@ -42,6 +42,10 @@ log = logging.getLogger("geo_offers.events")
 BATCH = 500
 GAUGE_PERIOD_S = 5.0
 PRUNE_PERIOD_S = 600.0
+#: The inbox is polled again this soon after a pass that found entries: many small imports
+#: rather than one a second (a second's events in one pass held Redis and the GIL long
+#: enough to show in the pings' tail).
+BUSY_POLL_S = 0.05
 RECLAIM_EVERY = 10  # inbox polls between two reclaims of entries a dead consumer left
 STOP_TIMEOUT_S = 10.0  # a job's database call in progress finishes within its own timeouts
 
@@ -80,18 +84,21 @@ class EventRelay:
 
     async def start(self) -> None:
         poll = self.settings.events_poll_s
-        jobs: list[tuple[str, float, Callable[[], Awaitable[Any]]]] = [
-            ("fan-out", poll, self.fan_out),
-            ("webhook endpoints", poll, self.sync_workers),
-            ("backlog gauges", GAUGE_PERIOD_S, self.refresh_gauges),
-            ("retention", PRUNE_PERIOD_S, self.prune),
+        jobs: list[tuple[str, float, Callable[[], Awaitable[Any]], float | None]] = [
+            ("fan-out", poll, self.fan_out, None),
+            ("webhook endpoints", poll, self.sync_workers, None),
+            ("backlog gauges", GAUGE_PERIOD_S, self.refresh_gauges, None),
+            ("retention", PRUNE_PERIOD_S, self.prune, None),
         ]
         if self.streams is not None:
-            jobs += [("stream relay", poll, self.relay_streams), ("inbox", poll, self.import_inbox)]
+            jobs += [
+                ("stream relay", poll, self.relay_streams, None),
+                ("inbox", poll, self.import_inbox, min(poll, BUSY_POLL_S)),
+            ]
         self._stopping.clear()
         self._tasks = [
-            asyncio.create_task(_every(name, period, job, self._stopping), name=name)
-            for name, period, job in jobs
+            asyncio.create_task(_every(name, period, job, self._stopping, busy), name=name)
+            for name, period, job, busy in jobs
         ]
 
     async def stop(self) -> None:
@@ -185,14 +192,22 @@ class EventRelay:
 
 
 async def _every(
-    name: str, period_s: float, job: Callable[[], Awaitable[Any]], stopping: asyncio.Event
+    name: str,
+    period_s: float,
+    job: Callable[[], Awaitable[Any]],
+    stopping: asyncio.Event,
+    busy_s: float | None = None,
 ) -> None:
     """Run ``job`` every ``period_s`` until ``stopping`` is set; a failure is logged (once a
-    minute while it lasts) and the job tried again next period."""
+    minute while it lasts) and the job tried again next period. With ``busy_s``, a run that
+    did some work (returned a count above 0) is followed by the next after ``busy_s``."""
     last_logged = 0.0
     while not stopping.is_set():
+        wait_s = period_s
         try:
-            await job()
+            did = await job()
+            if busy_s is not None and did:
+                wait_s = busy_s
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -201,7 +216,7 @@ async def _every(
                 log.warning("%s failed; retrying every %.1f s", name, period_s, exc_info=True)
                 last_logged = now
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(period_s):
+            async with asyncio.timeout(wait_s):
                 await stopping.wait()
 
 
