@@ -35,7 +35,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
@@ -51,6 +50,7 @@ from service.caps.base import (
     CapUnavailable,
     capped,
 )
+from service.redis_client import Client, redis_client
 from service.state.resp import LeanRedis, lean_client_supported
 
 # KEYS: campaign set, all set, channel set (the check order).
@@ -151,8 +151,6 @@ return {2, code}
 #: what either client raises when Redis cannot answer (cluster errors are not all RedisError)
 _ERRORS = (RedisError, RedisClusterException, OSError)
 
-Client = aioredis.Redis | RedisCluster
-
 
 def _esc(part: str) -> str:
     """Keep an id from ending (or opening) the hash tag early."""
@@ -189,12 +187,7 @@ class RedisCapStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, cluster: bool = False) -> RedisCapStore:
-        opts: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
-        client: Client
-        if cluster:
-            client = RedisCluster.from_url(url, **opts)
-        else:
-            client = aioredis.Redis.from_url(url, health_check_interval=10, **opts)
+        client = redis_client(url, cluster=cluster)
         lean = LeanRedis(url) if lean_client_supported(url, cluster) else None
         return cls(client, prefix, lean=lean)
 

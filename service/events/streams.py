@@ -34,7 +34,6 @@ from typing import Any, TypeVar
 
 import anyio
 import orjson
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 from sqlalchemy import Connection, Engine, func, select, update
@@ -43,11 +42,11 @@ from sqlalchemy.exc import DataError, IntegrityError
 from service.events import log as event_log
 from service.events import metrics
 from service.events.types import Event, EventType
+from service.redis_client import Client, redis_client
 from service.webhooks import repository as webhooks_repo
 
 logger = logging.getLogger("geo_offers.events")
 
-Client = aioredis.Redis | RedisCluster
 T = TypeVar("T")
 #: Runs a blocking function off the event loop (``anyio.to_thread.run_sync`` with a limiter).
 Blocking = Callable[..., Awaitable[Any]]
@@ -458,7 +457,4 @@ def _record_new(conn: Connection, events: Sequence[Event]) -> tuple[list[Event],
 
 
 def client_from_url(url: str, cluster: bool) -> Client:
-    opts: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 2.0}
-    if cluster:
-        return RedisCluster.from_url(url, **opts)
-    return aioredis.Redis.from_url(url, health_check_interval=10, **opts)
+    return redis_client(url, cluster=cluster, timeout_s=5.0)

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisError
 
 from geofences.sphere import EARTH_RADIUS_M
 from service.events.streams import INBOX_XADD_LUA, StreamLayout, inbox_args
+from service.redis_client import Client, redis_client
 from service.settings import Settings
 from service.state.base import (
     ConsentDenied,
@@ -173,7 +173,7 @@ def device_prefix(layout: StreamLayout, device_id: str) -> str:
 class RedisStateStore:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         prefix: str,
         state_ttl_s: float,
         answer_ttl_s: int,
@@ -211,13 +211,7 @@ class RedisStateStore:
         partitions: int = Settings.model_fields["stream_partitions"].default,
         max_speed_kmh: float = Settings.model_fields["max_speed_kmh"].default,
     ) -> RedisStateStore:
-        client: Any
-        if cluster:
-            client = RedisCluster.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        else:
-            client = aioredis.Redis.from_url(
-                url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=10
-            )
+        client = redis_client(url, cluster=cluster)
         lean = LeanRedis(url) if lean_client_supported(url, cluster) else None
         return cls(client, prefix, state_ttl_s, answer_ttl_s, lean, partitions, max_speed_kmh)
 

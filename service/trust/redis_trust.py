@@ -12,12 +12,10 @@ together (one round trip of latency), only at the offer moment.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from service.redis_client import Client, redis_client
 from service.trust.checks import Sharing, TrustUnavailable
 from service.trust.memory import MAX_MEMBERS
 
@@ -30,8 +28,6 @@ redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[4]) - 1)
 redis.call('PEXPIRE', KEYS[1], window)
 return redis.call('ZCARD', KEYS[1])
 """
-
-Client = aioredis.Redis | RedisCluster
 
 
 def _esc(part: str) -> str:
@@ -48,13 +44,7 @@ class RedisTrustStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, *, cluster: bool = False) -> RedisTrustStore:
-        opts: dict[str, Any] = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
-        client: Client
-        if cluster:
-            client = RedisCluster.from_url(url, **opts)
-        else:
-            client = aioredis.Redis.from_url(url, health_check_interval=10, **opts)
-        return cls(client, prefix)
+        return cls(redis_client(url, cluster=cluster), prefix)
 
     def device_key(self, device_id: str) -> str:
         return f"{self._prefix}:{{d:{_esc(device_id)}}}:trust:users"
