@@ -12,7 +12,7 @@ caps back when the rows are known not to be committed (:class:`IssuanceFailed`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -111,15 +111,22 @@ class RowGroup:
     columns: tuple[tuple[str, str], ...]
     conflict: str  # the unique columns a repeated row hits (then nothing happens)
 
-    def insert(self, params: list[list[Any]]) -> tuple[str, list[list[Any]]]:
-        """``INSERT … SELECT FROM unnest(column arrays…) ON CONFLICT DO NOTHING``."""
+    def insert(self) -> str:
+        """``INSERT … SELECT FROM jsonb_to_recordset(%s) ON CONFLICT DO NOTHING``: the rows
+        are one JSON array (one ``orjson.dumps``), whatever their number."""
         names = ", ".join(name for name, _ in self.columns)
-        arrays = ", ".join(f"%s::{kind}[]" for _, kind in self.columns)
-        sql = (
-            f"INSERT INTO {self.table} ({names}) SELECT * FROM unnest({arrays}) "
+        record = ", ".join(f"{name} {kind}" for name, kind in self.columns)
+        return (
+            f"INSERT INTO {self.table} ({names}) SELECT {names} "
+            f"FROM jsonb_to_recordset(%s::jsonb) AS r({record}) "
             f"ON CONFLICT ({self.conflict}) DO NOTHING"
         )
-        return sql, params
+
+    @staticmethod
+    def rows(values: list[dict[str, Any]]) -> str:
+        """The JSON parameter of :meth:`insert`: each row a column → value object (keys
+        that are not columns are ignored)."""
+        return orjson.dumps(values).decode()
 
 
 OFFERS = RowGroup(
@@ -143,38 +150,28 @@ EVENTS = RowGroup(
      ("store_tags", "jsonb"), ("user_id", "text"), ("partition_key", "text")),
     "id",
 )  # fmt: skip
-_JSON_COLUMNS = {name for name, kind in EVENTS.columns if kind == "jsonb"}
 _OFFERS_PRESENT = "SELECT offer_id FROM offers WHERE offer_id = ANY(%s)"
 
-
-def batch_statement(groups: list[tuple[RowGroup, list[tuple[Any, ...]]]]) -> tuple[str, list[Any]]:
-    """One statement inserting every group's rows (data-modifying CTEs): one implicit
-    transaction and one round trip for the whole batch. Rows of a further table written
-    with the same change (an event outbox) join as one more group."""
-    parts: list[str] = []
-    params: list[Any] = []
-    for group, rows in groups:
-        if not rows:
-            continue
-        columns = [list(col) for col in zip(*rows, strict=True)]
-        sql, values = group.insert(columns)
-        parts.append(sql)
-        params += values
-    *first, last = parts
-    ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
-    return (f"WITH {ctes} {last}" if ctes else last), params
+#: One statement for every batch (data-modifying CTEs): one implicit transaction, one round
+#: trip, and one text, prepared once per connection. A group without rows is ``[]``.
+BATCH_SQL = f"WITH o AS ({OFFERS.insert()}), x AS ({EXPOSURES.insert()}) {EVENTS.insert()}"
 
 
-def event_values(events: Iterable[Event]) -> list[tuple[Any, ...]]:
-    """The :data:`EVENTS` rows of ``events`` (one per id, sorted by id like every group)."""
-    rows = sorted(event_log.event_rows(events), key=lambda r: r["id"])
-    return [
-        tuple(
-            orjson.dumps(r[name]).decode() if name in _JSON_COLUMNS else r[name]
-            for name, _ in EVENTS.columns
-        )
-        for r in rows
-    ]
+def batch_params(batch: Sequence[Issuance]) -> tuple[str, str, str]:
+    """The three JSON arrays of :data:`BATCH_SQL`, each table's rows in key order (so that
+    two batches touching the same keys cannot deadlock)."""
+    offers = sorted((i.offer for i in batch if i.offer), key=lambda o: o["offer_id"])
+    exposures = sorted(
+        {(e.campaign_id, e.user_key): e for e in (i.exposure for i in batch)}.values(),
+        key=lambda e: (e.campaign_id, e.user_key),
+    )
+    events = sorted(event_log.event_rows(e for i in batch for e in i.events), key=lambda r: r["id"])
+    exposure_rows = [
+        {"campaign_id": e.campaign_id, "user_key": e.user_key, "arm": e.arm,
+         "first_exposed_at": e.at, "store_id": e.store_id}
+        for e in exposures
+    ]  # fmt: skip
+    return OFFERS.rows(offers), EXPOSURES.rows(exposure_rows), EVENTS.rows(events)
 
 
 class PostgresWriter:
@@ -185,28 +182,14 @@ class PostgresWriter:
         self.pool = pool
 
     async def write(self, batch: Sequence[Issuance]) -> None:
-        offers = sorted((i.offer for i in batch if i.offer), key=lambda o: o["offer_id"])
-        exposures = sorted(
-            {(e.campaign_id, e.user_key): e for e in (i.exposure for i in batch)}.values(),
-            key=lambda e: (e.campaign_id, e.user_key),
-        )
-        sql, params = batch_statement(
-            [
-                (OFFERS, [tuple(o[name] for name, _ in OFFERS.columns) for o in offers]),
-                (
-                    EXPOSURES,
-                    [(e.campaign_id, e.user_key, e.arm, e.at, e.store_id) for e in exposures],
-                ),
-                (EVENTS, event_values(e for i in batch for e in i.events)),
-            ]
-        )
+        params = batch_params(batch)
         try:
             async with self.pool.connection() as conn:
                 try:
-                    await conn.execute(sql, params, prepare=True)
+                    await conn.execute(BATCH_SQL, params, prepare=True)
                 except psycopg.OperationalError as exc:
                     # Lost while the statement ran: look before giving caps back.
-                    ids = [o["offer_id"] for o in offers]
+                    ids = [i.offer["offer_id"] for i in batch if i.offer]
                     raise IssuanceFailed(str(exc), await self._committed(ids)) from exc
         except IssuanceFailed:
             raise
