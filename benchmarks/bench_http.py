@@ -136,9 +136,9 @@ def _children(pid: int) -> list[int]:
 def tree_rss_mb(pid: int, workers: int) -> dict[str, float]:
     """Resident memory of a server process and its descendants (Linux ``/proc``), in MB by
     kind: the server's own processes (uvicorn's supervisor and its workers; with one worker
-    the server is the worker), index build children (started by a worker), and
-    multiprocessing's resource trackers."""
-    out = {"service": 0.0, "build children": 0.0, "resource trackers": 0.0}
+    the server is the worker), the event relay process (started by ``serve``), index build
+    children (started by a worker), and multiprocessing's resource trackers."""
+    out = {"service": 0.0, "relay": 0.0, "build children": 0.0, "resource trackers": 0.0}
     todo = [(pid, 0)]
     while todo:
         p, depth = todo.pop()
@@ -152,6 +152,8 @@ def tree_rss_mb(pid: int, workers: int) -> dict[str, float]:
             continue
         if b"resource_tracker" in cmd:
             kind = "resource trackers"
+        elif b"service.cli\0relay" in cmd:
+            kind = "relay"
         elif depth == 0 or (depth == 1 and workers > 1):
             kind = "service"
         else:

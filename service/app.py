@@ -26,8 +26,7 @@ from service.console.router import mount as mount_console
 from service.db.engine import make_engine
 from service.db.migrate import upgrade
 from service.events.inbox import LocalInbox
-from service.events.relay import EventRelay, consumer_name
-from service.events.streams import EventStreams, StreamLayout, client_from_url
+from service.events.relay import make_event_relay
 from service.fences.live import IndexHolder
 from service.fences.router import router as fences_router
 from service.http.body_limit import BodyLimitMiddleware
@@ -131,19 +130,6 @@ def install_observability(app: FastAPI, settings: Settings) -> None:
     def metrics(request: Request) -> Response:
         refresh_gauges(request.app.state)
         return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
-
-
-def make_event_relay(settings: Settings, engine: Any) -> EventRelay | None:
-    """Webhook delivery and the stream relays of this process (DESIGN §10), unless turned
-    off; the streams only with Redis."""
-    if not settings.event_relay:
-        return None
-    streams = None
-    if settings.redis_url:
-        layout = StreamLayout(settings.redis_prefix, settings.stream_partitions)
-        client = client_from_url(settings.redis_url, settings.redis_cluster)
-        streams = EventStreams(client, layout, settings.stream_maxlen, consumer_name())
-    return EventRelay(engine, settings, streams)
 
 
 def create_app(settings: Settings | None = None) -> GeoOffersAPI:

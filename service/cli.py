@@ -42,21 +42,65 @@ def serve(demo: bool, host: str | None, port: int | None, workers: int | None) -
             "visit could be entered twice; run one worker or configure Redis."
         )
     _check_port_free(host, port)
+    relay = _relay_process(settings)  # before anything imports prometheus-client
     engine = _migrated_engine(settings)
     if demo:
         _load_demo(engine, host, port)
     engine.dispose()
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        access_log=False,
-        # Longer than the idle timeout of whatever sits in front (README, "Deployment").
-        timeout_keep_alive=math.ceil(settings.keep_alive_s),
-    )
+    if relay is not None:
+        relay.start()
+    try:
+        uvicorn.run(
+            "service.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            access_log=False,
+            # Longer than the idle timeout of whatever sits in front (README, "Deployment").
+            timeout_keep_alive=math.ceil(settings.keep_alive_s),
+        )
+    finally:
+        if relay is not None:
+            relay.stop()
+
+
+def _relay_process(settings: Settings) -> Any:
+    """On PostgreSQL (unless ``RELAY_PROCESS`` is off): the event relays' own process
+    (:mod:`service.events.process`), the HTTP workers told to run none. Its metrics join the
+    workers' on ``/metrics`` through prometheus-client's multiprocess files: in the
+    operator's ``PROMETHEUS_MULTIPROC_DIR``, else in a fresh directory of this run's."""
+    if not (settings.event_relay and settings.relay_process and settings.libpq_url()):
+        return None
+    import atexit
+    import shutil
+    import tempfile
+
+    from service.events.process import RelayProcess
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="geo-offers-metrics-")
+        atexit.register(shutil.rmtree, metrics_dir, True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    relay_env = dict(os.environ)
+    os.environ["GEO_OFFERS_EVENT_RELAY"] = "false"  # read by every HTTP worker's Settings()
+    return RelayProcess(relay_env)
+
+
+@main.command()
+@click.option("--parent-pid", type=int, default=None, hidden=True)
+def relay(parent_pid: int | None) -> None:
+    """Run the event relays alone (webhooks, Redis Streams): what `serve` starts beside its
+    HTTP workers on PostgreSQL; run it by hand where the API replicas set EVENT_RELAY=false."""
+    import uvloop  # as the HTTP workers run on (uvicorn[standard])
+
+    from service.events.process import run_relay
+    from service.logs import setup_logging
+
+    settings = Settings()
+    setup_logging(settings.log_level)
+    uvloop.run(run_relay(settings, parent_pid))
 
 
 def _check_port_free(host: str, port: int) -> None:

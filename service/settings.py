@@ -159,6 +159,13 @@ class Settings(BaseSettings):
         description="Deliver webhooks and relay events to Redis Streams from this process "
         "(every replica may; leases keep each delivery to one at a time).",
     )
+    relay_process: bool = Field(
+        default=True,
+        description="On PostgreSQL, `geo-offers serve` runs the relays in one process of its "
+        "own beside the HTTP workers (which then run none), started again if it dies; false: "
+        "each worker runs them (EVENT_RELAY). The embedded SQLite default always runs them in "
+        "its one process.",
+    )
     events_poll_s: float = Field(
         default=1.0,
         gt=0,

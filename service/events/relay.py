@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 
 from service.events import metrics
 from service.events.log import prune
-from service.events.streams import EventStreams
+from service.events.streams import EventStreams, StreamLayout, client_from_url
 from service.settings import Settings
 from service.webhooks import repository as webhooks_repo
 from service.webhooks.dispatcher import EndpointWorker
@@ -65,6 +65,19 @@ def attempt_settings(settings: Settings) -> AttemptSettings:
         ),
         settings.webhook_disable_after_s,
     )
+
+
+def make_event_relay(settings: Settings, engine: Engine) -> EventRelay | None:
+    """Webhook delivery and the stream relays of this process (DESIGN §10), unless turned
+    off; the streams only with Redis."""
+    if not settings.event_relay:
+        return None
+    streams = None
+    if settings.redis_url:
+        layout = StreamLayout(settings.redis_prefix, settings.stream_partitions)
+        client = client_from_url(settings.redis_url, settings.redis_cluster)
+        streams = EventStreams(client, layout, settings.stream_maxlen, consumer_name())
+    return EventRelay(engine, settings, streams)
 
 
 class EventRelay:

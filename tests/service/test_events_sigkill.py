@@ -173,8 +173,11 @@ def test_sigkill_after_the_state_step_loses_no_visit_event(
     """The device-state script stored the step and its visit events in the partition's inbox;
     the process is killed before any relay moved them: after a restart they all arrive, each
     under the id of its device, ping and store, and a retried ping adds none."""
-    # A slow first process: its inbox import runs at start, then not for a minute.
-    slow = {**server_env, **FAST, "GEO_OFFERS_EVENTS_POLL_S": "60"}
+    # A slow first process: its inbox import runs at start, then not for a minute (its
+    # relays in the worker, so that the pass at start comes before it is ready).
+    slow = {
+        **server_env, **FAST, "GEO_OFFERS_EVENTS_POLL_S": "60", "GEO_OFFERS_RELAY_PROCESS": "false"
+    }  # fmt: skip
     env = {**server_env, **FAST}
     admin = cli(env, "keys", "create", "--role", "admin").stdout.strip()
     sdk = cli(env, "keys", "create", "--role", "sdk").stdout.strip()
