@@ -6,8 +6,8 @@ import contextvars
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable
+from random import getrandbits
 from typing import Any
 
 from starlette.routing import compile_path
@@ -78,7 +78,7 @@ def route_template(scope: Scope, fallback: RouteTemplates | None = None) -> str:
 class RequestMiddleware:
     """Request id, latency histogram and one access-log line per request (pure ASGI).
 
-    The id comes from a sane ``X-Request-ID`` header or is a new uuid4; it is set in a
+    The id comes from a sane ``X-Request-ID`` header or is a new random hex id; it is set in a
     context variable for every log line of the request and sent back in ``X-Request-ID``.
     The access line has the route template, never the query string or any header.
     """
@@ -117,10 +117,12 @@ class RequestMiddleware:
 
 
 def begin_request(scope: Scope) -> tuple[str, contextvars.Token[str | None]]:
-    """The request's id (a sane ``X-Request-ID`` or a new uuid4 hex), set for its logs."""
+    """The request's id (a sane ``X-Request-ID`` or 128 random bits in hex), set for its
+    logs. Not a secret: drawn from ``random`` (reseeded in every forked worker), not from
+    ``os.urandom``, a system call per request (3.8 % of a steady ping, py-spy)."""
     incoming = header(scope, b"x-request-id")
     text = incoming.decode("latin-1") if incoming is not None else ""
-    request_id = text if _SANE_REQUEST_ID.fullmatch(text) else uuid.uuid4().hex
+    request_id = text if _SANE_REQUEST_ID.fullmatch(text) else f"{getrandbits(128):032x}"
     return request_id, request_id_var.set(request_id)
 
 
