@@ -143,8 +143,8 @@ async def run(args: argparse.Namespace, db_url: str, redis_url: str, key: str, p
 
     store = app.state.state_store
 
-    async def in_process_reply(keys: list[Any], argv: list[Any]) -> list[int]:
-        return [2, 0]
+    async def in_process_reply(keys: list[Any], argv: list[Any]) -> list[Any]:
+        return [2, 0, b""]  # stored, not a new device, no fix kept by the idle path
 
     try:
         # Warm-up: every device's state cached, the script loaded.

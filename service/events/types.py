@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from service.ids import uuid5_hex
 from service.timeutil import iso_z
 
 _EVENT_NS = uuid.UUID("6f1d2a4e-9b3c-4f7e-a1d5-3c2b8e9f0a17")
@@ -58,7 +59,7 @@ def event_id(type_: EventType, *identity: str) -> str:
     """
     # "|" cannot be confused across parts: each part's length is part of the name.
     name = "|".join([type_.value, *(f"{len(p)}:{p}" for p in identity)])
-    return "evt_" + uuid.uuid5(_EVENT_NS, name).hex
+    return "evt_" + uuid5_hex(_EVENT_NS, name)
 
 
 @dataclass(frozen=True, slots=True)

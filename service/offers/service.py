@@ -42,6 +42,7 @@ from service.campaigns import rules
 from service.campaigns.live import CampaignSet, LiveCampaign, Screen, VisitTrigger
 from service.caps.base import CapRequest, CapStore, CapUnavailable
 from service.events.types import offer_held_out, offer_issued
+from service.ids import uuid5_hex
 from service.metrics import observe_cap_rejection, observe_offer
 from service.offers.issuance import Exposure, GroupCommitter, Issuance, IssuanceFailed
 from service.offers.pool import OfferPool
@@ -249,7 +250,7 @@ async def decide(
         if arm == "not_in_rollout":
             reasons[lc.id] = Reason.NOT_IN_ROLLOUT
             continue
-        offer_id = uuid.uuid5(_OFFER_NS, f"{ping.device_id}|{ping.ping_key}|{c.id}").hex
+        offer_id = uuid5_hex(_OFFER_NS, f"{ping.device_id}|{ping.ping_key}|{c.id}")
         treatment = arm == "treatment"
         req = CapRequest(
             user_key=user_key,
