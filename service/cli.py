@@ -73,19 +73,41 @@ def _relay_process(settings: Settings) -> Any:
     operator's ``PROMETHEUS_MULTIPROC_DIR``, else in a fresh directory of this run's."""
     if not (settings.event_relay and settings.relay_process and settings.libpq_url()):
         return None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Read by prometheus-client when first imported: set before anything imports it.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _private_metrics_dir()
+    from service.events.process import RelayProcess
+
+    relay_env = dict(os.environ)
+    os.environ["GEO_OFFERS_EVENT_RELAY"] = "false"  # read by every HTTP worker's Settings()
+    return RelayProcess(relay_env)
+
+
+def _private_metrics_dir() -> str:
+    """A new directory for this ``serve``'s metrics files, removed at exit; those a killed
+    ``serve`` left behind (its pid is in the name) are removed first."""
     import atexit
     import shutil
     import tempfile
 
-    from service.events.process import RelayProcess
+    root = Path(tempfile.gettempdir())
+    for old in root.glob("geo-offers-metrics-*-*"):
+        pid = old.name.split("-")[3]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"geo-offers-metrics-{os.getpid()}-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        metrics_dir = tempfile.mkdtemp(prefix="geo-offers-metrics-")
-        atexit.register(shutil.rmtree, metrics_dir, True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    relay_env = dict(os.environ)
-    os.environ["GEO_OFFERS_EVENT_RELAY"] = "false"  # read by every HTTP worker's Settings()
-    return RelayProcess(relay_env)
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @main.command()

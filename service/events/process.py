@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ import threading
 
 from service.db.engine import make_engine
 from service.events.relay import STOP_TIMEOUT_S, make_event_relay
+from service.processes import become_background
 from service.settings import Settings
 
 log = logging.getLogger("geo_offers.events")
@@ -35,13 +35,17 @@ log = logging.getLogger("geo_offers.events")
 PARENT_CHECK_S = 1.0  # how often the relay process checks that its parent still runs
 RESTART_DELAY_S = 1.0  # before a relay process that died is started again
 STOP_GRACE_S = STOP_TIMEOUT_S + 5.0  # SIGTERM, then this long, then SIGKILL
+#: The relay process's CPU priority below the HTTP workers': at full load the pings come
+#: first and the events follow (the backlog gauges show how far behind); not 19, so that
+#: under sustained load the relays still get a share (CFS weights: about 1/10 of a worker's).
+RELAY_NICE = 10
 
 
 async def run_relay(settings: Settings, parent_pid: int | None = None) -> None:
     """Run this process's relays until SIGTERM or SIGINT, or until ``parent_pid`` (the
     ``serve`` that started it) is gone."""
-    if parent_pid is not None:
-        _die_with_parent()
+    if parent_pid is not None:  # started by serve: it yields the CPU to the HTTP workers
+        become_background(RELAY_NICE, parent_pid)
     engine = make_engine(settings)
     relay = make_event_relay(settings.model_copy(update={"event_relay": True}), engine)
     assert relay is not None
@@ -61,15 +65,6 @@ async def run_relay(settings: Settings, parent_pid: int | None = None) -> None:
     finally:
         await relay.stop()
         engine.dispose()
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when its parent dies, even by SIGKILL (elsewhere the
-    parent check of :func:`run_relay` notices within ``PARENT_CHECK_S``)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class RelayProcess:

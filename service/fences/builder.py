@@ -17,7 +17,6 @@ maps one keeps its pages until it lets go (Linux keeps an unlinked file's pages 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import itertools
@@ -25,7 +24,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import signal
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +41,7 @@ from geofences.cover import circle_covers
 from geofences.index import release_free_heap
 from service.db.models import Geofence
 from service.fences import changelog
+from service.processes import become_background
 
 log = logging.getLogger("geo_offers.fences")
 
@@ -87,7 +86,9 @@ def covers_in_processes(
         return circle_covers(lat, lng, radius)
     bounds = np.linspace(0, n, parts + 1).astype(np.int64).tolist()
     args = [(lat[a:b], lng[a:b], radius[a:b]) for a, b in itertools.pairwise(bounds)]
-    with multiprocessing.get_context("fork").Pool(parts, initializer=_child_init) as pool:
+    with multiprocessing.get_context("fork").Pool(
+        parts, initializer=_child_init, initargs=(os.getpid(),)
+    ) as pool:
         out = pool.map(_covers_part, args)
     res = np.concatenate([r for r, _, _ in out])
     cells = np.concatenate([c for _, c, _ in out])
@@ -123,15 +124,9 @@ def build_base(url: str, root: str, parallel: bool = False) -> str:
     return str(final)
 
 
-def _child_init() -> None:
+def _child_init(parent_pid: int) -> None:
     """Lowest CPU priority (a rebuild is background work), and stop when the parent exits."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.nice(19)
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before the call: nobody to build for
-            os._exit(0)
+    become_background(19, parent_pid)
 
 
 def new_pool() -> ProcessPoolExecutor:
@@ -141,6 +136,7 @@ def new_pool() -> ProcessPoolExecutor:
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_child_init,
+        initargs=(os.getpid(),),
         max_tasks_per_child=1,
     )
 

@@ -57,10 +57,11 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
 
 
-def imported(base: str) -> float:
+def sample(base: str, name: str) -> float:
+    """A sample's value on /metrics (0 when absent)."""
     text = httpx.get(f"{base}/metrics", timeout=5).text
     for line in text.splitlines():
-        if line.startswith("geo_offers_events_imported_total "):
+        if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
 
@@ -86,8 +87,13 @@ def test_serve_runs_the_relays_in_a_process_of_their_own(
         )
         assert [e["type"] for e in r.json()["events"]] == ["enter"], r.text
         # The worker runs no relay: the visit event is imported by the relay process, and its
-        # counter reaches the worker's /metrics through the multiprocess files.
-        wait_until(lambda: imported(base) >= 1, 30, "the enter imported, on /metrics")
+        # counter reaches /metrics through the multiprocess files, beside the worker's own.
+        wait_until(
+            lambda: sample(base, "geo_offers_events_imported_total") >= 1,
+            30,
+            "the enter imported, on /metrics",
+        )
+        assert sample(base, 'geo_offers_pings_total{reason="no_campaign"}') == 1
 
         os.kill(first, signal.SIGKILL)
         (second,) = wait_until(
