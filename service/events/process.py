@@ -2,8 +2,7 @@
 
 The relays (webhook fan-out and delivery, the stream relay, the inbox import) are background
 work. Inside an HTTP worker they share its event loop and its GIL with the pings: their
-database calls run in threads, and a thread holding the GIL delays the loop's next callback
-(profiled: an offer burst ran at two thirds of its rate with the relays in the worker).
+database calls run in threads, and a thread holding the GIL delays the loop's next callback.
 So ``geo-offers serve`` on PostgreSQL starts them in one process of its own
 (``RELAY_PROCESS``, on by default), runs its HTTP workers with ``EVENT_RELAY`` off, and
 starts the relay process again if it dies. ``geo-offers relay`` runs the same process by

@@ -118,8 +118,8 @@ class RequestMiddleware:
 
 def begin_request(scope: Scope) -> tuple[str, contextvars.Token[str | None]]:
     """The request's id (a sane ``X-Request-ID`` or 128 random bits in hex), set for its
-    logs. Not a secret: drawn from ``random`` (reseeded in every forked worker), not from
-    ``os.urandom``, a system call per request (3.8 % of a steady ping, py-spy)."""
+    logs. Not a secret: drawn from ``random`` (reseeded in every forked worker) rather than
+    from ``os.urandom``, a system call per request."""
     incoming = header(scope, b"x-request-id")
     text = incoming.decode("latin-1") if incoming is not None else ""
     request_id = text if _SANE_REQUEST_ID.fullmatch(text) else f"{getrandbits(128):032x}"
