@@ -74,6 +74,7 @@ sys.path.insert(0, str(ROOT))  # the service's own row builder, whatever the cwd
 
 from geofences.model import DEFAULT_RADIUS_M, FenceRecord  # noqa: E402
 from geofences.sphere import EARTH_RADIUS_M  # noqa: E402
+from service.events.streams import CLIENT_NAME as RELAY_CLIENT  # noqa: E402
 from service.fences.repository import record_to_row  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
@@ -464,7 +465,9 @@ class PrivateRedis:
 
     @contextlib.contextmanager
     def monitor(self) -> Iterator[dict[str, Any]]:
-        """Count commands while the block runs: client round trips and commands run by Lua."""
+        """Count commands while the block runs: client round trips and commands run by Lua,
+        the event relay's apart (its connections are named, ``CLIENT LIST``; a command run by
+        Lua belongs to the script call before it: Redis runs one command at a time)."""
         out = self.dir / "monitor.txt"
         counts: dict[str, Any] = {}
         with out.open("wb") as fh:
@@ -476,20 +479,28 @@ class PrivateRedis:
                 yield counts
             finally:
                 time.sleep(0.3)
+                relay_addrs = {
+                    c["addr"] for c in self.client.client_list() if c.get("name") == RELAY_CLIENT
+                }
                 mon.terminate()
                 mon.wait(timeout=5)
-        client: dict[str, int] = {}
-        lua: dict[str, int] = {}
+        tally: dict[str, dict[str, int]] = {k: {} for k in ("client", "lua", "relay", "relay_lua")}
+        script_of_relay = False  # whose script the commands run by Lua belong to
         for line in out.read_text(errors="replace").splitlines():
             m = re.match(r'^[\d.]+ \[\d+ ([^\]]+)\] "([^"]+)"', line)
             if not m:
                 continue
             cmd = m.group(2).upper()
-            if cmd in ("PING", "INFO", "MONITOR"):  # health checks, not the workload
+            if cmd in ("PING", "INFO", "MONITOR", "CLIENT"):  # health checks, not the workload
                 continue
-            target = lua if m.group(1) == "lua" else client
-            target[cmd] = target.get(cmd, 0) + 1
-        counts.update(client=client, lua=lua)
+            if m.group(1) == "lua":
+                kind = "relay_lua" if script_of_relay else "lua"
+            else:
+                kind = "relay" if m.group(1) in relay_addrs else "client"
+                if cmd in ("EVAL", "EVALSHA", "FCALL"):
+                    script_of_relay = kind == "relay"
+            tally[kind][cmd] = tally[kind].get(cmd, 0) + 1
+        counts.update(tally)
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -1235,11 +1246,17 @@ def render(result: dict[str, Any]) -> str:
 
 
 def redis_counts(mon: dict[str, Any], n: int) -> dict[str, Any]:
-    """Per request: client round trips, commands run inside Lua scripts, and the mix."""
+    """Per request: the service's client round trips, commands run inside its Lua scripts,
+    and the mix; the event relay's (its polling, and the stream ``XADD``s) apart."""
     return {
         "round_trips": round(sum(mon["client"].values()) / n, 2),
         "commands_in_lua": round(sum(mon["lua"].values()) / n, 2),
         "by_command": {k: round(v / n, 2) for k, v in sorted(mon["client"].items())},
+        "relay": {
+            "round_trips": round(sum(mon["relay"].values()) / n, 2),
+            "commands_in_lua": round(sum(mon["relay_lua"].values()) / n, 2),
+            "by_command": {k: round(v / n, 2) for k, v in sorted(mon["relay"].items())},
+        },
     }
 
 

@@ -98,7 +98,10 @@ def plan(result: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
         # load balancer spreads it over replicas: plan with the larger of the two.
         spread = (counts.get("scripts_per_ping_timed") or {}).get("2w")
         factor = max(1.0, spread / rp["round_trips"]) if spread and rp["round_trips"] else 1.0
-        ping_cmds = (rp["round_trips"] + rp["commands_in_lua"]) * factor
+        # The relay's commands run by Lua (an XADD to the public streams per event) grow with
+        # the events, so with the pings; its round trips are polling, per relay process.
+        relay_lua = (rp.get("relay") or {}).get("commands_in_lua", 0.0)
+        ping_cmds = (rp["round_trips"] + rp["commands_in_lua"]) * factor + relay_lua
         offer_extra_rt = (ro["round_trips"] - rp["round_trips"]) if ro else 0.0
         offer_extra_cmds = (
             (ro["round_trips"] + ro["commands_in_lua"]) - rp["round_trips"] - rp["commands_in_lua"]
@@ -197,6 +200,15 @@ def report(result: dict[str, Any], p: dict[str, Any], a: argparse.Namespace, src
             f"commands inside Lua ({', '.join(f'{k} {v}' for k, v in rp['by_command'].items())})"
         )
     spread = counts.get("scripts_per_ping_timed")
+    relay = (rp or {}).get("relay")
+    if relay:
+        mix = ", ".join(f"{k} {v}" for k, v in relay["by_command"].items())
+        L.append(
+            "  Redis per ping, the event relay's own connections (apart since they are named): "
+            f"{relay['round_trips']} round trips ({mix}) + {relay['commands_in_lua']} commands "
+            "inside Lua; planned: the commands inside Lua (the streams' XADDs, per event); not "
+            "planned: the round trips (its polling, per relay process, here over few pings)"
+        )
     if spread:
         L.append(
             "  scripts per ping in the timed runs (a worker's copy of a device's state may be "

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from service.db.engine import make_engine
 from service.events.relay import STOP_TIMEOUT_S, make_event_relay
@@ -32,7 +33,8 @@ from service.settings import Settings
 log = logging.getLogger("geo_offers.events")
 
 PARENT_CHECK_S = 1.0  # how often the relay process checks that its parent still runs
-RESTART_DELAY_S = 1.0  # before a relay process that died is started again
+RESTART_DELAY_S = 1.0  # before a relay process that died is started again; doubled after
+RESTART_MAX_S = 30.0  # each quick death up to this, and back to 1 s after a run this long
 STOP_GRACE_S = STOP_TIMEOUT_S + 5.0  # SIGTERM, then this long, then SIGKILL
 #: The relay process's CPU priority below the HTTP workers': at full load the pings come
 #: first and the events follow (the backlog gauges show how far behind); not 19, so that
@@ -90,19 +92,24 @@ class RelayProcess:
     def _watch(self) -> None:
         # Spawned from this thread: Linux's parent-death signal follows the thread that
         # forked, and this one lives as long as ``serve``.
+        delay = RESTART_DELAY_S
         while not self._stopping.is_set():
             with self._lock:
                 if self._stopping.is_set():
                     return
                 self._proc = proc = self._spawn()
+            started = time.monotonic()
             code = proc.wait()
             if self._stopping.is_set():
                 return
+            if time.monotonic() - started >= RESTART_MAX_S:
+                delay = RESTART_DELAY_S
             log.error(
                 "the event relay process exited (code %s); starting it again in %.0f s",
-                code, RESTART_DELAY_S,
+                code, delay,
             )  # fmt: skip
-            self._stopping.wait(RESTART_DELAY_S)
+            self._stopping.wait(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
 
     def stop(self) -> None:
         with self._lock:

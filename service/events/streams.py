@@ -456,5 +456,10 @@ def _record_new(conn: Connection, events: Sequence[Event]) -> tuple[list[Event],
     return new, made
 
 
+#: The relays' Redis connections are named so (``CLIENT LIST``): an operator, or the
+#: benchmark's command counts, can tell their polling from the pings' commands.
+CLIENT_NAME = "geo-offers-relay"
+
+
 def client_from_url(url: str, cluster: bool) -> Client:
-    return redis_client(url, cluster=cluster, timeout_s=5.0)
+    return redis_client(url, cluster=cluster, timeout_s=5.0, name=CLIENT_NAME)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,7 +15,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import pytest
 
+from service.events import process
+from service.events.process import RelayProcess
 from tests.helpers import iso
 from tests.service.test_events_sigkill import FAST, INSIDE, VISIT_STORE
 from tests.service.test_server_e2e import cli, server_env, start_server  # noqa: F401
@@ -123,3 +128,32 @@ def test_a_stopped_serve_stops_its_relay_process(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_relay_process_that_keeps_dying_is_started_again_ever_more_slowly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(process, "RESTART_DELAY_S", 0.01)
+    monkeypatch.setattr(process, "RESTART_MAX_S", 0.08)
+
+    class Dying(RelayProcess):
+        def _spawn(self) -> subprocess.Popen[bytes]:
+            self.starts += 1
+            return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+
+    relay = Dying({})
+    waits: list[float | None] = []
+    wait = relay._stopping.wait
+
+    def recorded(timeout: float | None = None) -> bool:
+        waits.append(timeout)
+        return wait(timeout)
+
+    monkeypatch.setattr(relay._stopping, "wait", recorded)
+    relay.start()
+    try:
+        wait_until(lambda: len(waits) >= 5, 30, "five restarts")
+    finally:
+        relay.stop()
+    assert waits[:5] == [0.01, 0.02, 0.04, 0.08, 0.08]
+    assert relay.starts >= 5
