@@ -35,11 +35,14 @@ DELIVERIES: Table = WebhookDeliveryRow.__table__  # type: ignore[assignment]
 GEOFENCES: Table = Geofence.__table__  # type: ignore[assignment]
 ERASURES: Table = ErasureRow.__table__  # type: ignore[assignment]
 
-#: Columns an insert writes, in the order of :func:`insert_sql`'s placeholders.
-COLUMNS = (
-    "id", "type", "occurred_at", "recorded_at", "data", "store_id", "store_tags", "user_id",
-    "partition_key",
+#: Columns an insert writes (in the order of :func:`insert_sql`'s placeholders), with their
+#: PostgreSQL types: a JSON batch of rows is read with ``jsonb_to_recordset`` as this record.
+COLUMN_TYPES = (
+    ("id", "text"), ("type", "text"), ("occurred_at", "timestamptz"),
+    ("recorded_at", "timestamptz"), ("data", "jsonb"), ("store_id", "text"),
+    ("store_tags", "jsonb"), ("user_id", "text"), ("partition_key", "text"),
 )  # fmt: skip
+COLUMNS = tuple(name for name, _ in COLUMN_TYPES)
 
 
 def event_rows(
@@ -190,9 +193,8 @@ def record_new(
 _INSERT_JSON = text(f"""
     INSERT INTO events ({", ".join(COLUMNS)}, streamed, fanned_out)
     SELECT {", ".join(COLUMNS)}, :streamed, :fanned
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
-        id text, type text, occurred_at timestamptz, recorded_at timestamptz, data jsonb,
-        store_id text, store_tags jsonb, user_id text, partition_key text)
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+        AS r({", ".join(f"{name} {kind}" for name, kind in COLUMN_TYPES)})
     ON CONFLICT (id) DO NOTHING
     RETURNING id, seq
 """)

@@ -122,12 +122,6 @@ class RowGroup:
             f"ON CONFLICT ({self.conflict}) DO NOTHING"
         )
 
-    @staticmethod
-    def rows(values: list[dict[str, Any]]) -> str:
-        """The JSON parameter of :meth:`insert`: each row a column → value object (keys
-        that are not columns are ignored)."""
-        return orjson.dumps(values).decode()
-
 
 OFFERS = RowGroup(
     "offers",
@@ -143,13 +137,7 @@ EXPOSURES = RowGroup(
      ("first_exposed_at", "timestamptz"), ("store_id", "text")),
     "campaign_id, user_key",
 )  # fmt: skip
-EVENTS = RowGroup(
-    "events",
-    (("id", "text"), ("type", "text"), ("occurred_at", "timestamptz"),
-     ("recorded_at", "timestamptz"), ("data", "jsonb"), ("store_id", "text"),
-     ("store_tags", "jsonb"), ("user_id", "text"), ("partition_key", "text")),
-    "id",
-)  # fmt: skip
+EVENTS = RowGroup("events", event_log.COLUMN_TYPES, "id")
 _OFFERS_PRESENT = "SELECT offer_id FROM offers WHERE offer_id = ANY(%s)"
 
 #: One statement for every batch (data-modifying CTEs): one implicit transaction, one round
@@ -171,7 +159,13 @@ def batch_params(batch: Sequence[Issuance]) -> tuple[str, str, str]:
          "first_exposed_at": e.at, "store_id": e.store_id}
         for e in exposures
     ]  # fmt: skip
-    return OFFERS.rows(offers), EXPOSURES.rows(exposure_rows), EVENTS.rows(events)
+    return _json(offers), _json(exposure_rows), _json(events)
+
+
+def _json(rows: list[dict[str, Any]]) -> str:
+    """A JSON parameter of :data:`BATCH_SQL`: each row a column → value object (keys that
+    are not columns are ignored)."""
+    return orjson.dumps(rows).decode()
 
 
 class PostgresWriter:
