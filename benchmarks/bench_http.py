@@ -48,6 +48,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -134,12 +135,11 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_rss_mb(pid: int, workers: int) -> dict[str, float]:
-    """Resident memory of a server process and its descendants (Linux ``/proc``), in MB by
-    kind: the server's own processes (uvicorn's supervisor and its workers; with one worker
-    the server is the worker), the event relay process (started by ``serve``), index build
-    children (started by a worker), and multiprocessing's resource trackers."""
-    out = {"service": 0.0, "relay": 0.0, "build children": 0.0, "resource trackers": 0.0}
+def _tree(pid: int, workers: int) -> Iterator[tuple[int, str, bytes]]:
+    """A server process and its descendants with their kind: the server's own processes
+    (uvicorn's supervisor and its workers; with one worker the server is the worker), the
+    event relay process (started by ``serve``), index build children (started by a
+    worker), and multiprocessing's resource trackers."""
     todo = [(pid, 0)]
     while todo:
         p, depth = todo.pop()
@@ -147,9 +147,7 @@ def tree_rss_mb(pid: int, workers: int) -> dict[str, float]:
         try:
             with open(f"/proc/{p}/cmdline", "rb") as f:
                 cmd = f.read()
-            with open(f"/proc/{p}/status") as f:
-                rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
+        except OSError:
             continue
         if b"resource_tracker" in cmd:
             kind = "resource trackers"
@@ -159,8 +157,54 @@ def tree_rss_mb(pid: int, workers: int) -> dict[str, float]:
             kind = "service"
         else:
             kind = "build children"
+        yield p, kind, cmd
+
+
+def tree_rss_mb(pid: int, workers: int) -> dict[str, float]:
+    """Resident memory of a server process and its descendants (Linux ``/proc``), in MB by
+    kind (:func:`_tree`)."""
+    out = {"service": 0.0, "relay": 0.0, "build children": 0.0, "resource trackers": 0.0}
+    for p, kind, _ in _tree(pid, workers):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
         out[kind] += rss_kb / 1024
     return {k: round(v, 1) for k, v in out.items()}
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (``/proc/<pid>/stat``); 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+
+
+def cpu_snapshot(server_pid: int, workers: int, redis_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of the server's processes by kind, of the Redis server (when the
+    bench started its own) and of every PostgreSQL process; the client's (wrk's) CPU is
+    taken from ``getrusage(RUSAGE_CHILDREN)`` around its run."""
+    out = {"server": 0.0, "relay": 0.0, "redis": 0.0, "postgres": 0.0}
+    for p, kind, _ in _tree(server_pid, workers):
+        if kind in ("service", "build children"):
+            out["server"] += cpu_s(p)
+        elif kind == "relay":
+            out["relay"] += cpu_s(p)
+    if redis_pid is not None:
+        out["redis"] = cpu_s(redis_pid)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/comm", "rb") as f:
+                if f.read().strip() == b"postgres":
+                    out["postgres"] += cpu_s(int(entry))
+    return out
 
 
 def loadavg() -> str:
@@ -623,6 +667,8 @@ class Bench:
     open_loop: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
     startup_s: dict[str, float] = field(default_factory=dict)
+    #: The bench's own redis-server, whose CPU the timed runs count (None with --redis-url).
+    redis_pid: int | None = None
     _run_no: int = 0
 
     def run_id(self) -> str:
@@ -656,10 +702,17 @@ class Bench:
                  "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+        before = cpu_snapshot(srv.proc.pid, workers, self.redis_pid)
+        client = resource.getrusage(resource.RUSAGE_CHILDREN)
         res = self.wrk(srv.port, mode, self.args.duration)
+        after = cpu_snapshot(srv.proc.pid, workers, self.redis_pid)
+        done = resource.getrusage(resource.RUSAGE_CHILDREN)
+        after["client"] = done.ru_utime + done.ru_stime
+        before["client"] = client.ru_utime + client.ru_stime
         if spy is not None:
             spy.wait(60)
-        row = {"target": target, "workers": workers, **res.__dict__}
+        cpu_us = {k: round((after[k] - before[k]) * 1e6 / max(res.requests, 1), 1) for k in after}
+        row = {"target": target, "workers": workers, **res.__dict__, "cpu_us_per_request": cpu_us}
         self.runs.append(row)
         log(
             f"  {target} ({workers}w): {res.rps:,.0f} req/s, p50 {res.p50_ms:.2f} ms, "
@@ -1196,6 +1249,23 @@ def render(result: dict[str, Any]) -> str:
             f"{_fmt_ratio(r['rps'] / naive['rps'] if naive else None):>9}"
             f"{r['non2xx'] + r['socket_errors']:>8}"
         )
+    cpu_rows = [r for r in result["runs"] if "cpu_us_per_request" in r]
+    if cpu_rows:
+        kinds = ["server", "relay", "redis", "postgres", "client"]
+        lines += [
+            "",
+            "CPU per request in the timed runs, µs (server: its worker processes; client: wrk; "
+            "cores: all of them together over the run):",
+            f"{'target':<44}{'workers':>8}" + "".join(f"{k:>10}" for k in kinds) + f"{'cores':>8}",
+        ]
+        for r in cpu_rows:
+            cpu = r["cpu_us_per_request"]
+            cores = sum(cpu.values()) * r["rps"] / 1e6
+            lines.append(
+                f"{LABELS.get(r['target'], r['target']):<44}{r['workers']:>8}"
+                + "".join(f"{cpu.get(k, 0):>10,.0f}" for k in kinds)
+                + f"{cores:>8.2f}"
+            )
     if result["open_loop"]:
         lines += [
             "",
@@ -1326,6 +1396,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
         near = make_points(near_fences, N_POINTS, rng, 1.0, near_m=NEAR_M)
     lua = write_workload(workdir, sdk_key, points, inside, near)
     b = Bench(args, workdir, lua, sdk_key, admin_key, points, inside, near)
+    b.redis_pid = own_redis.proc.pid if own_redis is not None else None
     reasons: dict[str, dict[str, float]] = {}
     ready_timeout = args.ready_timeout
 
