@@ -135,7 +135,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _tree(pid: int, workers: int) -> Iterator[tuple[int, str, bytes]]:
+def _tree(pid: int, workers: int) -> Iterator[tuple[int, str]]:
     """A server process and its descendants with their kind: the server's own processes
     (uvicorn's supervisor and its workers; with one worker the server is the worker), the
     event relay process (started by ``serve``), index build children (started by a
@@ -157,14 +157,14 @@ def _tree(pid: int, workers: int) -> Iterator[tuple[int, str, bytes]]:
             kind = "service"
         else:
             kind = "build children"
-        yield p, kind, cmd
+        yield p, kind
 
 
 def tree_rss_mb(pid: int, workers: int) -> dict[str, float]:
     """Resident memory of a server process and its descendants (Linux ``/proc``), in MB by
     kind (:func:`_tree`)."""
     out = {"service": 0.0, "relay": 0.0, "build children": 0.0, "resource trackers": 0.0}
-    for p, kind, _ in _tree(pid, workers):
+    for p, kind in _tree(pid, workers):
         try:
             with open(f"/proc/{p}/status") as f:
                 rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -177,7 +177,7 @@ def tree_rss_mb(pid: int, workers: int) -> dict[str, float]:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid: int) -> float:
+def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a live process (``/proc/<pid>/stat``); 0 if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -187,23 +187,21 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
 
 
-def cpu_snapshot(server_pid: int, workers: int, redis_pid: int | None) -> dict[str, float]:
-    """CPU seconds so far of the server's processes by kind, of the Redis server (when the
-    bench started its own) and of every PostgreSQL process; the client's (wrk's) CPU is
-    taken from ``getrusage(RUSAGE_CHILDREN)`` around its run."""
-    out = {"server": 0.0, "relay": 0.0, "redis": 0.0, "postgres": 0.0}
-    for p, kind, _ in _tree(server_pid, workers):
+def cpu_snapshot(server_pid: int, workers: int) -> dict[str, float]:
+    """CPU seconds so far of the server's processes by kind and of every PostgreSQL
+    process (the bench's Redis says its own: :meth:`PrivateRedis.cpu_s`; the client's is
+    ``getrusage(RUSAGE_CHILDREN)`` around its run)."""
+    out = {"server": 0.0, "relay": 0.0, "postgres": 0.0}
+    for p, kind in _tree(server_pid, workers):
         if kind in ("service", "build children"):
-            out["server"] += cpu_s(p)
+            out["server"] += proc_cpu_s(p)
         elif kind == "relay":
-            out["relay"] += cpu_s(p)
-    if redis_pid is not None:
-        out["redis"] = cpu_s(redis_pid)
+            out["relay"] += proc_cpu_s(p)
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError), open(f"/proc/{entry}/comm", "rb") as f:
                 if f.read().strip() == b"postgres":
-                    out["postgres"] += cpu_s(int(entry))
+                    out["postgres"] += proc_cpu_s(int(entry))
     return out
 
 
@@ -668,7 +666,7 @@ class Bench:
     counts: dict[str, Any] = field(default_factory=dict)
     startup_s: dict[str, float] = field(default_factory=dict)
     #: The bench's own redis-server, whose CPU the timed runs count (None with --redis-url).
-    redis_pid: int | None = None
+    redis: PrivateRedis | None = None
     _run_no: int = 0
 
     def run_id(self) -> str:
@@ -686,6 +684,15 @@ class Bench:
             raise RuntimeError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
         return WrkResult.parse(out.stdout)
 
+    def cpu_snapshot(self, srv: Server, workers: int) -> dict[str, float]:
+        """CPU seconds so far by process kind (:func:`cpu_snapshot`), the bench's own Redis
+        (0 with ``--redis-url``) and the client (this process's waited-for children: wrk)."""
+        out = cpu_snapshot(srv.proc.pid, workers)
+        out["redis"] = self.redis.cpu_s() if self.redis is not None else 0.0
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["client"] = children.ru_utime + children.ru_stime
+        return out
+
     def warm(self, srv: Server, mode: str = "ping") -> None:
         self.wrk(srv.port, mode, self.args.warmup)
 
@@ -702,13 +709,9 @@ class Bench:
                  "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        before = cpu_snapshot(srv.proc.pid, workers, self.redis_pid)
-        client = resource.getrusage(resource.RUSAGE_CHILDREN)
+        before = self.cpu_snapshot(srv, workers)
         res = self.wrk(srv.port, mode, self.args.duration)
-        after = cpu_snapshot(srv.proc.pid, workers, self.redis_pid)
-        done = resource.getrusage(resource.RUSAGE_CHILDREN)
-        after["client"] = done.ru_utime + done.ru_stime
-        before["client"] = client.ru_utime + client.ru_stime
+        after = self.cpu_snapshot(srv, workers)
         if spy is not None:
             spy.wait(60)
         cpu_us = {k: round((after[k] - before[k]) * 1e6 / max(res.requests, 1), 1) for k in after}
@@ -1396,7 +1399,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> dict[str, Any]
         near = make_points(near_fences, N_POINTS, rng, 1.0, near_m=NEAR_M)
     lua = write_workload(workdir, sdk_key, points, inside, near)
     b = Bench(args, workdir, lua, sdk_key, admin_key, points, inside, near)
-    b.redis_pid = own_redis.proc.pid if own_redis is not None else None
+    b.redis = own_redis
     reasons: dict[str, dict[str, float]] = {}
     ready_timeout = args.ready_timeout
 
